@@ -1,0 +1,5 @@
+"""Allow ``python -m hapair``."""
+
+from hapair.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,306 @@
+"""The ``hapair`` command line. Exit status: 0 ok, 1 runtime error, 2 configuration error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from hapair import __version__
+from hapair.errors import ConfigError, HapairError
+
+DEFAULT_CONFIG: Final = "/etc/hapair/hapair.toml"
+
+_RAW = argparse.RawDescriptionHelpFormatter
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-c",
+        "--config",
+        default=DEFAULT_CONFIG,
+        metavar="FILE",
+        help=f"configuration file (default: {DEFAULT_CONFIG})",
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the daemon in the foreground."""
+    from hapair.runtime.daemon import run_daemon
+
+    return run_daemon(args.config, args.log_format)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a file and explain its timers."""
+    from hapair.config import load_config
+    from hapair.config.explain import config_warnings, explain_timers
+
+    cfg = load_config(args.file, check_secret=not args.no_secret)
+    print(
+        f"{args.file}: OK (cluster {cfg.cluster.name!r}, node {cfg.node.name!r}, "
+        f"priority {cfg.node.priority}, {len(cfg.vip)} VIP(s))"
+    )
+    for line in explain_timers(cfg):
+        print(f"  {line}")
+    for line in config_warnings(cfg):
+        print(f"  warning: {line}")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Print a new random shared key."""
+    from hapair.config.keygen import generate_key
+
+    print(generate_key())
+    return 0
+
+
+def _status(config: str) -> dict[str, Any]:
+    from hapair.config import load_config
+    from hapair.runtime.control import request
+
+    cfg = load_config(config, check_secret=False)
+    reply = request(cfg.control_socket_path, {"cmd": "status"})
+    if not reply.get("ok"):
+        raise HapairError(f"status failed: {reply.get('error')}")
+    status: dict[str, Any] = reply["status"]
+    return status
+
+
+def format_status(s: dict[str, Any]) -> str:
+    """Human-readable status, one fact per line."""
+    prio = s["priority"]
+    lines = [
+        f"{s['cluster']}/{s['node']}: {s['role']}"
+        + (" (resigning)" if s.get("resigning") else "")
+        + f"  term {s['term']}  priority {prio['effective']} (base {prio['base']})",
+    ]
+    if s.get("fault_reason"):
+        lines.append(f"  fault: {s['fault_reason']}")
+    lines.append(f"  VIPs held: {', '.join(s['vips_held']) or 'none'}")
+    for p in s["peers"]:
+        links = ", ".join(f"{k} {v:.3f}s ago" for k, v in p["links"].items())
+        state = p["role"] if p["alive"] else f"DEAD (was {p['role']})"
+        lines.append(
+            f"  peer {p['node']}: {state}, priority {p['priority']['effective']}"
+            f" (base {p['priority']['base']}), last heard {p['last_heard_ago']:.3f}s ago"
+            f" [{links}]"
+        )
+    if not s["peers"]:
+        lines.append("  peer: none heard yet")
+    t = s.get("last_transition")
+    if t:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t["at"])) if t["at"] else "?"
+        lines.append(
+            f"  last transition: {t['from']} -> {t['to']} ({t['reason']}) at {when},"
+            f" {t['ago']:.1f}s ago"
+        )
+    if s.get("rejected"):
+        rej = ", ".join(f"{k}={v}" for k, v in sorted(s["rejected"].items()))
+        lines.append(f"  rejected heartbeats: {rej}")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show this node's role, priority, peers, VIPs and last transition."""
+    s = _status(args.config)
+    print(json.dumps(s, indent=2) if args.json else format_status(s))
+    return 0
+
+
+def cmd_handover(args: argparse.Namespace) -> int:
+    """Planned switchover; wait until the peer reports MASTER."""
+    from hapair.config import load_config
+    from hapair.runtime.control import request
+
+    cfg = load_config(args.config, check_secret=False)
+    reply = request(cfg.control_socket_path, {"cmd": "handover"})
+    if not reply.get("ok"):
+        print(f"hapair handover: refused: {reply.get('error')}", file=sys.stderr)
+        return 1
+    bound = args.timeout if args.timeout is not None else cfg.dead_time + 2.0
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        s = _status(args.config)
+        masters = [p["node"] for p in s["peers"] if p["alive"] and p["role"] == "MASTER"]
+        if s["role"] != "MASTER" and masters:
+            print(f"handover done: {masters[0]} is MASTER, {s['node']} is {s['role']}")
+            return 0
+        if s["role"] == "MASTER" and not s["resigning"]:
+            print(
+                "hapair handover: the peer did not take over; this node is still MASTER",
+                file=sys.stderr,
+            )
+            return 1
+        time.sleep(0.02)
+    print(f"hapair handover: no confirmation within {bound:.1f}s", file=sys.stderr)
+    return 1
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    """Remove this node's VIPs and stale runtime files (idempotent)."""
+    from hapair.runtime.daemon import release
+
+    removed = release(args.config)
+    for item in removed:
+        print(f"removed {item}")
+    if not removed:
+        print("nothing to release")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used to render --help in docs)."""
+    parser = argparse.ArgumentParser(
+        prog="hapair",
+        formatter_class=_RAW,
+        description=(
+            "hapair keeps a floating virtual IP (VIP) alive on one of two nodes.\n"
+            "Both nodes run `hapair run`; they exchange authenticated UDP heartbeats, elect a\n"
+            "MASTER by priority, and the MASTER holds the VIP and announces it with\n"
+            "gratuitous ARP (unsolicited NA for IPv6)."
+        ),
+        epilog=(
+            "first steps:\n"
+            "  hapair keygen > /etc/hapair/secret && chmod 600 /etc/hapair/secret\n"
+            "  hapair check-config /etc/hapair/hapair.toml\n"
+            "  hapair run -c /etc/hapair/hapair.toml      (usually via systemd)\n"
+            "  hapair status            hapair handover\n"
+            "  sudo hapair lab drill crash   (watch a failover on this machine)\n"
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"hapair {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "run",
+        help="run the daemon in the foreground",
+        formatter_class=_RAW,
+        description=(
+            "Run this node's daemon in the foreground until SIGTERM.\n\n"
+            "Start-up checks everything first (config, secret, capabilities, interfaces,\n"
+            "routes to peers, the UDP port) and configures nothing if any check fails.\n"
+            "The node listens for one dead interval before it may claim the VIP.\n"
+            "SIGTERM: a MASTER hands over to the peer, releases its VIPs and exits within 1 s.\n"
+            "SIGHUP: reload the file; an invalid file is refused and the old one kept."
+        ),
+        epilog="exit status: 0 clean stop, 1 runtime error, 2 configuration error",
+    )
+    _config_arg(p)
+    p.add_argument(
+        "--log-format",
+        choices=["auto", "console", "json"],
+        default=None,
+        help="override [log] format (auto: console on a TTY, JSON lines otherwise)",
+    )
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "check-config",
+        help="validate a file and explain its timers",
+        formatter_class=_RAW,
+        description=(
+            "Validate FILE. On success print what the timers mean: how often heartbeats go\n"
+            "out, the worst-case time to declare the peer dead and take over, preemption and\n"
+            "GARP behaviour. On failure print every problem with its dotted path, e.g.\n"
+            "  cluster.interval: must be > 0\n"
+            "and exit 2."
+        ),
+        epilog="example:\n  hapair check-config /etc/hapair/hapair.toml && systemctl reload hapair",
+    )
+    p.add_argument("file", nargs="?", default=DEFAULT_CONFIG, metavar="FILE")
+    p.add_argument(
+        "--no-secret",
+        action="store_true",
+        help="do not read cluster.secret_file (e.g. checking a file for another host)",
+    )
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser(
+        "keygen",
+        help="print a new random shared key",
+        formatter_class=_RAW,
+        description="Print 32 random bytes, base64-encoded: the shared key for secret_file.\n"
+        "Both nodes need the same key.",
+        epilog="example:\n  (umask 077; hapair keygen > /etc/hapair/secret)\n"
+        "  scp -p /etc/hapair/secret lb2:/etc/hapair/secret",
+    )
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser(
+        "status",
+        help="show role, priority, peers and VIPs",
+        formatter_class=_RAW,
+        description="Ask the running daemon (over its control socket) for its state:\n"
+        "role, base and effective priority, each peer with its role and last-heard age on\n"
+        "every link, the VIPs held, and the last transition with its reason.",
+    )
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "handover",
+        help="planned switchover to the peer",
+        formatter_class=_RAW,
+        description="Ask this node, which must be MASTER, to hand the VIP to its peer.\n"
+        "The peer takes over at once (no dead timer) and this node drops the VIP only after\n"
+        "hearing the peer as MASTER (make-before-break). This node then does not preempt\n"
+        "back until the peer stops being MASTER. Returns when the peer reports MASTER.",
+    )
+    _config_arg(p)
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long to wait for confirmation (default: dead time + 2 s)",
+    )
+    p.set_defaults(func=cmd_handover)
+
+    p = sub.add_parser(
+        "release",
+        help="remove this node's VIPs (after a crash; ExecStopPost)",
+        formatter_class=_RAW,
+        description="Remove every VIP of this node's configuration from its interface and a\n"
+        "stale control socket. Idempotent: safe to run at any time a daemon is not running,\n"
+        "e.g. as systemd ExecStopPost so a killed daemon never leaves a VIP behind.",
+    )
+    _config_arg(p)
+    p.set_defaults(func=cmd_release)
+
+    try:
+        from hapair.lab.commands import register
+    except ImportError:  # pragma: no cover - the lab is part of the package
+        pass
+    else:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hapair`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        status: int = args.func(args)
+        return status
+    except ConfigError as exc:
+        print(f"hapair: configuration error in {exc}", file=sys.stderr)
+        return 2
+    except HapairError as exc:
+        print(f"hapair: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+__all__ = ["Path", "build_parser", "main"]

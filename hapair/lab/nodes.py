@@ -1,0 +1,206 @@
+"""The failover pair running in the lab: hapair daemons (keepalived lives in keepalived.py)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Protocol
+
+from hapair.config.duration import format_duration
+from hapair.config.keygen import generate_key
+from hapair.lab import shell
+from hapair.lab.events import Event, current_role, first, read_events
+from hapair.lab.shell import LabError
+
+if TYPE_CHECKING:
+    from hapair.lab.topology import Lab
+
+PRIORITY: Final = {"a": 150, "b": 100}
+PEER: Final = {"a": "b", "b": "a"}
+START_TIMEOUT: Final = 15.0
+HANDOVER_TIMEOUT: Final = 30.0
+
+
+@dataclass(frozen=True)
+class Timers:
+    """Heartbeat timing for both implementations: `interval` seconds, dead after N missed."""
+
+    interval: float = 0.2
+    dead_after: int = 5
+    preempt_delay: float = 0.0
+
+    @property
+    def dead_time(self) -> float:
+        """Return how long a silent peer takes to be declared dead, in seconds."""
+        return self.interval * self.dead_after
+
+
+class Pair(Protocol):
+    """What a drill needs from a failover implementation running on lab nodes a and b."""
+
+    label: str
+    timers: Timers
+
+    def write_configs(self) -> None:
+        """Write both nodes' configuration into the lab directory."""
+
+    def start(self, node: str) -> None:
+        """Start the daemon on `node` and return once it runs (bounded)."""
+
+    def kill(self, node: str) -> None:
+        """SIGKILL the daemon on `node` (whole process group)."""
+
+    def terminate(self, node: str) -> None:
+        """SIGTERM the daemon on `node` and wait (bounded) for it to exit."""
+
+    def release(self, node: str) -> float:
+        """Remove `node`'s VIPs as ExecStopPost would; return the wall-clock time it finished."""
+
+    def handover(self, node: str) -> bool | None:
+        """Hand mastership from `node` to its peer; None if the implementation cannot."""
+
+    def running(self, node: str) -> bool:
+        """Return whether the daemon on `node` is alive."""
+
+    def pids(self, node: str) -> list[int]:
+        """Return the pids of the daemon's processes on `node`."""
+
+    def events(self) -> list[Event]:
+        """Return both nodes' log events in time order."""
+
+    def role(self, node: str) -> str | None:
+        """Return `node`'s current role per its log (None when not running)."""
+
+
+def _toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+class HapairPair:
+    """hapair daemons on nodes a and b: configs, start/stop, release, handover, logs."""
+
+    label = "hapair"
+
+    def __init__(self, lab: Lab, timers: Timers) -> None:
+        self.lab = lab
+        self.timers = timers
+
+    def config_path(self, node: str) -> Path:
+        """Return `node`'s config file."""
+        return self.lab.dir / f"{node}.toml"
+
+    def log_path(self, node: str) -> Path:
+        """Return `node`'s daemon log (JSON lines from stderr)."""
+        return self.lab.dir / f"daemon-{node}.log"
+
+    def config_text(self, node: str) -> str:
+        """Return the TOML configuration of `node`."""
+        from hapair.lab.topology import HB4, LAN4, VIP4, VIP6
+
+        peer = PEER[node]
+        t = self.timers
+        vips = [f'[[vip]]\naddress = "{VIP4}/24"\ninterface = "eth0"\n']
+        if self.lab.ipv6:
+            vips.append(f'[[vip]]\naddress = "{VIP6}/64"\ninterface = "eth0"\n')
+        return (
+            f'[node]\nname = "{node}"\npriority = {PRIORITY[node]}\n\n'
+            f'[cluster]\nname = "lab-{self.lab.prefix}"\n'
+            f'secret_file = "{self.lab.dir / "secret"}"\n'
+            f"peers = {_toml_list([LAN4[peer], HB4[peer]])}\n"
+            f'port = 694\ninterval = "{format_duration(t.interval)}"\n'
+            f"dead_after = {t.dead_after}\npreempt = true\n"
+            f'preempt_delay = "{format_duration(t.preempt_delay)}"\n\n'
+            + "\n".join(vips)
+            + f'\n[runtime]\nstate_dir = "{self.lab.dir / node}"\n\n[log]\nformat = "json"\n'
+        )
+
+    def write_configs(self) -> None:
+        """Write the shared secret (mode 0600) and both nodes' configs and state dirs."""
+        secret = self.lab.dir / "secret"
+        if not secret.exists():
+            secret.touch(mode=0o600)
+            secret.chmod(0o600)
+            secret.write_text(generate_key() + "\n", encoding="ascii")
+        for node in PEER:
+            (self.lab.dir / node).mkdir(mode=0o700, exist_ok=True)
+            self.config_path(node).write_text(self.config_text(node), encoding="utf-8")
+
+    def _key(self, node: str) -> str:
+        return f"daemon-{node}"
+
+    def start(self, node: str) -> None:
+        """Start ``python -m hapair run -c NODE.toml`` in `node`; wait for daemon_started."""
+        since = time.time()
+        self.lab.spawn(
+            self._key(node),
+            node,
+            [sys.executable, "-m", "hapair", "run", "-c", str(self.config_path(node))],
+        )
+
+        def started() -> bool:
+            if not self.running(node):
+                tail = self.log_path(node).read_text(errors="replace")[-3000:]
+                raise LabError(f"hapair on {node} exited at start:\n{tail}")
+            return first(self.events(), "daemon_started", node=node, after=since) is not None
+
+        if not shell.wait_until(started, timeout=START_TIMEOUT, step=0.02):
+            raise LabError(f"hapair on {node} logged no daemon_started in {START_TIMEOUT:.0f}s")
+
+    def kill(self, node: str) -> None:
+        """SIGKILL the daemon's whole process group."""
+        self.lab.stop(self._key(node), sig=signal.SIGKILL)
+
+    def terminate(self, node: str) -> None:
+        """SIGTERM the daemon (main pid, as systemd does first) and reap it."""
+        self.lab.stop(self._key(node), sig=signal.SIGTERM, group=False, timeout=10.0)
+
+    def release(self, node: str) -> float:
+        """Run ``hapair release -c`` in `node`; return the time it finished."""
+        self.lab.python(node, ["-m", "hapair", "release", "-c", str(self.config_path(node))])
+        return time.time()
+
+    def handover(self, node: str) -> bool | None:
+        """Run ``hapair handover -c`` in `node`; return whether it reported success."""
+        proc = self.lab.python(
+            node,
+            ["-m", "hapair", "handover", "-c", str(self.config_path(node))],
+            timeout=HANDOVER_TIMEOUT,
+            check=False,
+        )
+        return proc.returncode == 0
+
+    def status(self, node: str) -> dict[str, object] | None:
+        """Return ``hapair status --json`` of `node` (None if it fails)."""
+        proc = self.lab.python(
+            node, ["-m", "hapair", "status", "-c", str(self.config_path(node)), "--json"],
+            check=False,
+        )  # fmt: skip
+        try:
+            data = json.loads(proc.stdout)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def running(self, node: str) -> bool:
+        """Return whether the daemon on `node` is alive."""
+        return self.lab.running(self._key(node))
+
+    def pids(self, node: str) -> list[int]:
+        """Return the daemon's pid (a list, for symmetry with multi-process daemons)."""
+        proc = self.lab.procs.get(self._key(node))
+        return [proc.pid] if proc is not None and self.running(node) else []
+
+    def events(self) -> list[Event]:
+        """Return both daemons' events, time-ordered."""
+        evs = [ev for n in PEER for ev in read_events(n, self.log_path(n))]
+        return sorted(evs, key=lambda e: e.ts)
+
+    def role(self, node: str) -> str | None:
+        """Return `node`'s current role per its log (None when not running)."""
+        if not self.running(node):
+            return None
+        return current_role([ev for ev in self.events() if ev.node == node])

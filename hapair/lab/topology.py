@@ -1,0 +1,459 @@
+"""A failover lab on one machine: five hosts and a switch, each in its own network namespace.
+
+Layout (prefix ``p``): ``p-sw`` holds bridge br0; hosts ``p-a`` and ``p-b`` (the pair),
+``p-c`` (client), ``p-r1`` and ``p-r2`` (backends) each have ``eth0`` on 10.77.0.0/24 and
+fd77::/64, plugged into br0. A and B also share a direct heartbeat cable ``eth1``
+(192.168.77.1/30 <-> .2/30). Veths are created straight inside the namespaces, so nothing
+touches the root namespace; down() deletes every namespace carrying the prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import IO, Final
+
+import hapair
+from hapair.lab import shell
+from hapair.lab.events import Event
+from hapair.lab.nodes import HapairPair, Timers
+from hapair.lab.shell import LabError
+
+Handler = Callable[[int, FrameType | None], object] | int | None
+
+NODES: Final = ("a", "b")
+HOSTS: Final = ("a", "b", "c", "r1", "r2")
+SWITCH: Final = "sw"
+LAN4: Final = {"a": "10.77.0.11", "b": "10.77.0.12", "c": "10.77.0.100", "r1": "10.77.0.21",
+               "r2": "10.77.0.22"}  # fmt: skip
+LAN6: Final = {h: f"fd77::{v.rsplit('.', 1)[1]}" for h, v in LAN4.items()}
+HB4: Final = {"a": "192.168.77.1", "b": "192.168.77.2"}
+VIP4: Final = "10.77.0.50"
+VIP6: Final = "fd77::50"
+PREFIX_PATTERN: Final = re.compile(r"[a-z][a-z0-9]{0,9}")
+DIR_TAG: Final = "hapair-lab-"
+SERVICE_READY_TIMEOUT: Final = 10.0
+
+# Forwarding off: a new namespace may start with it on, and a former master that forwards the
+# client's packets would hide a missing gratuitous ARP. DAD off: addresses usable at once.
+HOST_SYSCTLS: Final = (
+    "net.ipv4.ip_forward=0",
+    "net.ipv6.conf.all.forwarding=0",
+    "net.ipv6.conf.default.forwarding=0",
+    "net.ipv6.conf.all.accept_dad=0",
+    "net.ipv6.conf.default.accept_dad=0",
+)
+SWITCH_SYSCTLS: Final = (
+    "net.ipv4.ip_forward=0",
+    "net.ipv6.conf.all.disable_ipv6=1",
+    "net.ipv6.conf.default.disable_ipv6=1",
+)
+
+
+def mac(host: str, link: int = 0) -> str:
+    """Return the fixed MAC of `host`'s eth`link`, readable in ARP tables (02:77:0L:00:00:HH)."""
+    last = int(LAN4[host].rsplit(".", 1)[1])
+    return f"02:77:0{link}:00:00:{last:02x}"
+
+
+def check_prefix(prefix: str) -> str:
+    """Return `prefix` if it is a valid lab prefix; raise LabError otherwise."""
+    if not PREFIX_PATTERN.fullmatch(prefix):
+        raise LabError(f"bad lab prefix {prefix!r}: use 1-10 of [a-z0-9], starting with a letter")
+    return prefix
+
+
+def lab_namespaces(prefix: str) -> list[str]:
+    """Return the existing namespaces that belong to the lab called `prefix`."""
+    own = {f"{prefix}-{h}" for h in (*HOSTS, SWITCH)}
+    return [ns for ns in shell.list_netns() if ns in own]
+
+
+def lab_dirs(prefix: str) -> list[Path]:
+    """Return the lab directories a lab called `prefix` left in the temp directory."""
+    found = []
+    for path in Path(tempfile.gettempdir()).glob(f"{DIR_TAG}{prefix}-*"):
+        try:
+            meta = json.loads((path / "lab.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and meta.get("prefix") == prefix:
+            found.append(path)
+    return found
+
+
+def teardown(prefix: str) -> list[str]:
+    """Remove lab `prefix` from any process: kill its processes, delete namespaces and dirs."""
+    check_prefix(prefix)
+    namespaces = lab_namespaces(prefix)
+    pids = sorted({pid for ns in namespaces for pid in shell.netns_pids(ns)})
+    if pids:
+        shell.kill_pids(pids)
+    for ns in namespaces:
+        shell.run(["ip", "netns", "del", ns], check=False)
+    for path in lab_dirs(prefix):
+        shutil.rmtree(path, ignore_errors=True)
+    return namespaces
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A process the lab started, in its own process group."""
+
+    key: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        """Return its pid (also its process group id)."""
+        return self.popen.pid
+
+
+class Lab:
+    """The lab: build with up(), remove with down(); also a context manager that cleans up."""
+
+    def __init__(
+        self,
+        prefix: str = "hpl",
+        *,
+        timers: Timers | None = None,
+        ipv6: bool = False,
+        services: bool = True,
+    ) -> None:
+        self.prefix = check_prefix(prefix)
+        self.ipv6 = ipv6
+        self.services = services
+        self.dir = Path()
+        self.procs: dict[str, Proc] = {}
+        self.hapair = HapairPair(self, timers or Timers())
+        self._is_up = False
+        self._old_handlers: dict[int, Handler] = {}
+
+    # ---------------------------------------------------------------- naming ------------------
+
+    def ns(self, host: str) -> str:
+        """Return the namespace name of `host` ("a", "b", "c", "r1", "r2" or "sw")."""
+        if host not in (*HOSTS, SWITCH):
+            raise LabError(f"no host {host!r} in the lab")
+        return f"{self.prefix}-{host}"
+
+    @property
+    def vips(self) -> list[str]:
+        """Return the VIPs (without prefix length) the pair floats."""
+        return [VIP4, VIP6] if self.ipv6 else [VIP4]
+
+    # ---------------------------------------------------------------- life cycle --------------
+
+    def __enter__(self) -> Lab:
+        self._trap_signals()
+        try:
+            return self.up()
+        except BaseException:
+            self.down()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.down()
+
+    def up(self) -> Lab:
+        """Build namespaces, links, addresses, configs and services; raise LabError on failure."""
+        if self._is_up:
+            return self
+        if lab_namespaces(self.prefix):
+            raise LabError(
+                f"lab {self.prefix!r} already exists; remove it with: hapair lab down "
+                f"--prefix {self.prefix}"
+            )
+        self._is_up = True
+        try:
+            self.dir = Path(tempfile.mkdtemp(prefix=f"{DIR_TAG}{self.prefix}-"))
+            (self.dir / "lab.json").write_text(
+                json.dumps({"prefix": self.prefix, "pid": os.getpid()}), encoding="utf-8"
+            )
+            self._build_network()
+            self.hapair.write_configs()
+            if self.services:
+                self._start_services()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def down(self) -> None:
+        """Kill every process this lab started, delete its namespaces and its directory."""
+        for key in list(self.procs):
+            self.stop(key, sig=signal.SIGKILL)
+        self.procs.clear()
+        teardown(self.prefix)
+        if self.dir != Path() and self.dir.is_dir():
+            shutil.rmtree(self.dir, ignore_errors=True)
+        self._is_up = False
+        self._restore_signals()
+
+    def _trap_signals(self) -> None:
+        # SIGTERM becomes SystemExit so __exit__ (and therefore down()) runs, as on Ctrl-C.
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            del frame
+            raise SystemExit(128 + signum)
+
+        self._old_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_term)
+
+    def _restore_signals(self) -> None:
+        for signum, handler in self._old_handlers.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+        self._old_handlers.clear()
+
+    # ---------------------------------------------------------------- network -----------------
+
+    def _build_network(self) -> None:
+        sw = self.ns(SWITCH)
+        for host in (SWITCH, *HOSTS):
+            shell.run(["ip", "netns", "add", self.ns(host)])
+        self._sysctl(sw, SWITCH_SYSCTLS)
+        for host in HOSTS:
+            self._sysctl(self.ns(host), HOST_SYSCTLS)
+        shell.ip("link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0",
+                 netns=sw)  # fmt: skip
+        shell.ip("link", "set", "br0", "up", netns=sw)
+        for host in HOSTS:
+            ns = self.ns(host)
+            shell.ip("link", "set", "lo", "up", netns=ns)
+            shell.ip("link", "add", "eth0", "address", mac(host), "type", "veth",
+                     "peer", "name", f"v-{host}", "netns", sw, netns=ns)  # fmt: skip
+            shell.ip("link", "set", f"v-{host}", "master", "br0", "up", netns=sw)
+            shell.ip("addr", "add", f"{LAN4[host]}/24", "dev", "eth0", netns=ns)
+            shell.ip("addr", "add", f"{LAN6[host]}/64", "dev", "eth0", "nodad", netns=ns)
+            shell.ip("link", "set", "eth0", "up", netns=ns)
+        a, b = self.ns("a"), self.ns("b")
+        shell.ip("link", "add", "eth1", "address", mac("a", 1), "type", "veth", "peer", "name",
+                 "eth1", "address", mac("b", 1), "netns", b, netns=a)  # fmt: skip
+        for node in NODES:
+            shell.ip("addr", "add", f"{HB4[node]}/30", "dev", "eth1", netns=self.ns(node))
+            shell.ip("link", "set", "eth1", "up", netns=self.ns(node))
+
+    @staticmethod
+    def _sysctl(ns: str, settings: Sequence[str]) -> None:
+        shell.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *settings])
+
+    def sysctl(self, host: str, key: str) -> str:
+        """Return the value of sysctl `key` inside `host`'s namespace."""
+        return self.exec(host, ["sysctl", "-n", key]).stdout.strip()
+
+    def set_lan(self, node: str, up: bool) -> None:
+        """Set `node`'s switch port up or down: its eth0 gains or loses carrier."""
+        shell.ip("link", "set", f"v-{node}", "up" if up else "down", netns=self.ns(SWITCH))
+
+    def set_host_links(self, node: str, up: bool) -> None:
+        """Set `node`'s own eth0 and eth1 up or down (a host that died, or came back)."""
+        for link in ("eth0", "eth1"):
+            shell.ip("link", "set", link, "up" if up else "down", netns=self.ns(node))
+
+    def partition(self, heal: bool = False) -> None:
+        """Blackhole A<->B traffic on both links (or remove the blackholes when `heal`)."""
+        verb = "del" if heal else "add"
+        for me, peer in (("a", "b"), ("b", "a")):
+            for dest in (LAN4[peer], HB4[peer]):
+                shell.ip("route", verb, "blackhole", f"{dest}/32", netns=self.ns(me),
+                         check=not heal)  # fmt: skip
+
+    def vip_holders(self) -> list[str]:
+        """Return the nodes that currently have the IPv4 VIP on eth0."""
+        return [n for n in NODES if self.has_vip(n)]
+
+    def has_vip(self, node: str, vip: str = VIP4) -> bool:
+        """Return whether `node` holds `vip` on eth0 right now."""
+        for link in shell.ip_json("addr", "show", "dev", "eth0", netns=self.ns(node)):
+            infos = link.get("addr_info")
+            if isinstance(infos, list) and any(
+                isinstance(i, dict) and i.get("local") == vip for i in infos
+            ):
+                return True
+        return False
+
+    def remove_vips(self, node: str) -> None:
+        """Delete the VIPs from `node` by hand (what an ExecStopPost does for keepalived)."""
+        for vip, plen in ((VIP4, 24), (VIP6, 64)):
+            shell.ip("addr", "del", f"{vip}/{plen}", "dev", "eth0", netns=self.ns(node),
+                     check=False)  # fmt: skip
+
+    # ---------------------------------------------------------------- processes ---------------
+
+    def env(self) -> dict[str, str]:
+        """Return the environment for lab subprocesses: this checkout importable as `hapair`."""
+        root = str(Path(hapair.__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def exec(
+        self, host: str, argv: Sequence[str], *, timeout: float = shell.DEFAULT_TIMEOUT,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        """Run `argv` to completion inside `host`'s namespace."""
+        return shell.run(["ip", "netns", "exec", self.ns(host), *argv], timeout=timeout,
+                         check=check)  # fmt: skip
+
+    def python(self, host: str, args: Sequence[str], *, timeout: float = 30.0,
+               check: bool = True) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        """Run ``python ARGS`` (this interpreter, this checkout) inside `host`'s namespace."""
+        argv = ["ip", "netns", "exec", self.ns(host), sys.executable, *args]
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                                  env=self.env(), check=False)  # fmt: skip
+        except subprocess.TimeoutExpired as exc:
+            raise LabError(f"timed out after {timeout:.0f}s: {' '.join(argv)}") from exc
+        if check and proc.returncode != 0:
+            raise LabError(f"exit {proc.returncode}: {' '.join(argv)}: {proc.stderr.strip()}")
+        return proc
+
+    def spawn(
+        self,
+        key: str,
+        host: str,
+        argv: Sequence[str],
+        *,
+        stdout: int | IO[bytes] | None = None,
+        stamp_lines: bool = False,
+    ) -> Proc:
+        """Start `argv` in `host`'s namespace, own process group, stderr to ``DIR/KEY.log``."""
+        if key in self.procs and self.procs[key].popen.poll() is None:
+            raise LabError(f"{key} is already running (pid {self.procs[key].pid})")
+        log = self.dir / f"{key}.log"
+        full = ["ip", "netns", "exec", self.ns(host), *argv]
+        with log.open("ab") as err:
+            popen = subprocess.Popen(
+                full,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if stamp_lines else (stdout or subprocess.DEVNULL),
+                stderr=subprocess.STDOUT if stamp_lines else err,
+                env=self.env(),
+                start_new_session=True,
+            )
+        if stamp_lines:
+            # Lines without their own timestamps (keepalived) get the arrival time here.
+            threading.Thread(target=_stamp, args=(popen, log), daemon=True).start()
+        proc = Proc(key, popen, log)
+        self.procs[key] = proc
+        return proc
+
+    def running(self, key: str) -> bool:
+        """Return whether the process started as `key` is still alive."""
+        proc = self.procs.get(key)
+        return proc is not None and proc.popen.poll() is None
+
+    def stop(self, key: str, *, sig: signal.Signals = signal.SIGTERM, group: bool = True,
+             timeout: float = 5.0) -> int | None:  # fmt: skip
+        """Signal process `key` (its whole group unless `group` is False); reap it, bounded."""
+        proc = self.procs.get(key)
+        if proc is None:
+            return None
+        if proc.popen.poll() is None:
+            try:
+                if group:
+                    os.killpg(proc.pid, sig)
+                else:
+                    os.kill(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        try:
+            return proc.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return proc.popen.wait(timeout=timeout)
+
+    def _start_services(self) -> None:
+        for host in (*NODES, "r1", "r2"):
+            addrs = self.vips if host in NODES else [LAN4[host]]
+            args = ["-m", "hapair.lab.service", "--name", host]
+            for addr in addrs:
+                args += ["--vip", addr]
+            with (self.dir / f"service-{host}.out").open("wb") as fh:
+                self.spawn(f"service-{host}", host, [sys.executable, *args], stdout=fh)
+        for host in (*NODES, "r1", "r2"):
+            ready = self.dir / f"service-{host}.out"
+            if not shell.wait_until(partial(_contains, ready, b"ready"),
+                                    timeout=SERVICE_READY_TIMEOUT):  # fmt: skip
+                log = _read(self.dir / f"service-{host}.log").decode(errors="replace")
+                raise LabError(f"service in {host} did not start:\n{log[-2000:]}")
+
+    # ---------------------------------------------------------------- hapair daemons ----------
+
+    def start_node(self, node: str) -> None:
+        """Start hapair on `node` (``ip netns exec NS python -m hapair run -c NODE.toml``)."""
+        self.hapair.start(node)
+
+    def kill_node(self, node: str) -> None:
+        """SIGKILL `node`'s daemon: no goodbye, VIP left behind."""
+        self.hapair.kill(node)
+
+    def term_node(self, node: str) -> None:
+        """SIGTERM `node`'s daemon and wait (bounded) for it to exit."""
+        self.hapair.terminate(node)
+
+    def release_node(self, node: str) -> float:
+        """Run ``hapair release`` on `node` as ExecStopPost would; return when it finished."""
+        return self.hapair.release(node)
+
+    def events(self, since: float = float("-inf")) -> list[Event]:
+        """Return both hapair daemons' log events at/after `since`, in time order."""
+        return [ev for ev in self.hapair.events() if ev.ts >= since]
+
+    def describe(self) -> str:
+        """Return a short how-to-look text for humans."""
+        c = self.ns("c")
+        lines = [
+            f"lab {self.prefix!r} is up; files in {self.dir}",
+            f"  client:   ip netns exec {c} curl -s http://{VIP4}/",
+            f"            ip netns exec {c} ip neigh show {VIP4}",
+            f"  roles:    ip netns exec {self.ns('a')} {sys.executable} -m hapair status -c "
+            f"{self.hapair.config_path('a')} --json",
+            f"  VIP:      ip -n {self.ns('a')} addr show dev eth0; ip -n {self.ns('b')} addr ...",
+            f"  logs:     {self.dir / 'daemon-a.log'}  {self.dir / 'daemon-b.log'}",
+            f"  remove:   hapair lab down --prefix {self.prefix}",
+        ]
+        return "\n".join(lines)
+
+
+def _contains(path: Path, needle: bytes) -> bool:
+    return needle in _read(path)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()[-65536:]
+    except OSError:
+        return b""
+
+
+def _stamp(popen: subprocess.Popen[bytes], log: Path) -> None:
+    stream = popen.stdout
+    if stream is None:
+        return
+    with log.open("a", encoding="utf-8") as out:
+        for raw in iter(stream.readline, b""):
+            out.write(f"{time.time():.6f}\t{raw.decode(errors='replace').rstrip()}\n")
+            out.flush()

@@ -1,0 +1,20 @@
+"""Route look-ups: is a peer address reachable from this host at all?"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+
+def has_route(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True if the kernel has a route to ``address`` (``ip route get``)."""
+    ipr: Any = IPRoute()
+    try:
+        return bool(ipr.route("get", dst=str(address)))
+    except NetlinkError:
+        return False
+    finally:
+        ipr.close()

@@ -1,0 +1,1 @@
+"""hapair.runtime."""

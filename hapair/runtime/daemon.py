@@ -1,0 +1,256 @@
+"""The daemon process: preflight, open the I/O edges, run the node, and undo it all on exit.
+
+Start-up is all-or-nothing: every check (config, secret, capabilities, interfaces, routes to
+peers, the UDP port, the control socket) runs before anything is configured, and whatever was
+opened is closed again if a later step fails. No VIP is added before the election says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from pathlib import Path
+from typing import Any, Final
+
+from hapair.config import Config, load_config, read_secret
+from hapair.errors import ConfigError, HapairError, RuntimeSetupError, VipError
+from hapair.log import configure, get_logger
+from hapair.net.garp import Announcer
+from hapair.net.routes import has_route
+from hapair.net.transport import UdpTransport
+from hapair.net.vip import VipManager
+from hapair.net.watch import ArpWatcher, NetlinkWatcher
+from hapair.runtime.clock import MonotonicClock
+from hapair.runtime.control import ControlServer, is_live
+from hapair.runtime.node import Adapters, Node, election_settings, vips_of
+from hapair.runtime.state import load_state, next_boot_epoch, save_state
+
+CAP_NET_ADMIN: Final = 12
+CAP_NET_RAW: Final = 13
+
+
+def effective_capabilities() -> int:
+    """This process's effective capability mask (from /proc; 0 if unreadable)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
+
+
+def check_capabilities() -> None:
+    """Fail early, by name, when the daemon could not manage addresses or raw frames."""
+    caps = effective_capabilities()
+    missing = [
+        name
+        for bit, name in ((CAP_NET_ADMIN, "CAP_NET_ADMIN"), (CAP_NET_RAW, "CAP_NET_RAW"))
+        if not caps & (1 << bit)
+    ]
+    if missing:
+        raise RuntimeSetupError(
+            f"missing capabilities {', '.join(missing)}: run as root, or grant them "
+            "(systemd: AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE)"
+        )
+
+
+def check_host(cfg: Config, vips: VipManager) -> None:
+    """Interfaces must exist (a config problem, exit 2); peers must be routable (exit 1)."""
+    problems: list[tuple[str, str]] = []
+    for i, vip in enumerate(cfg.vip):
+        try:
+            vips.interface_index(vip.interface)
+        except VipError:
+            problems.append((f"vip[{i}].interface", f"no such interface {vip.interface!r} here"))
+    if problems:
+        raise ConfigError(cfg.source, problems)
+    unroutable = [
+        f"cluster.peers[{i}]: no route to {peer} from this host"
+        for i, peer in enumerate(cfg.cluster.peers)
+        if not has_route(peer)
+    ]
+    if len(unroutable) == len(cfg.cluster.peers):
+        raise RuntimeSetupError("; ".join(unroutable))
+    for line in unroutable:
+        get_logger().warning("peer_unroutable", detail=line)
+
+
+def remove_stale_vips(cfg: Config, vips: VipManager) -> list[str]:
+    """Remove VIPs a crashed run left behind (this node is not MASTER yet)."""
+    removed = []
+    for vip in vips_of(cfg):
+        if vips.remove(vip):
+            removed.append(str(vip))
+    return removed
+
+
+class Daemon:
+    """Owns the process: signals, reload, control socket, and clean shutdown."""
+
+    def __init__(self, config_path: str, cfg: Config, key: bytes) -> None:
+        self.config_path = config_path
+        self.cfg = cfg
+        self.key = key
+        self.log = get_logger()
+        self.node: Node | None = None
+        self.control: ControlServer | None = None
+
+    async def run(self) -> int:
+        """Set up, run the node until it stops, tear down. Returns the exit status."""
+        cfg = self.cfg
+        with contextlib.ExitStack() as stack:
+            vips = VipManager()
+            stack.callback(vips.close)
+            check_host(cfg, vips)
+            transport = UdpTransport(cfg.cluster.port, cfg.cluster.peers)
+            stack.callback(transport.close)
+            netlink = NetlinkWatcher()
+            stack.callback(netlink.close)
+            announcer = Announcer()
+            stack.callback(announcer.close)
+            arp: dict[str, ArpWatcher] = {}
+            for ifname in sorted({v.interface for v in cfg.vip if v.address.version == 4}):
+                arp[ifname] = ArpWatcher(ifname)
+                stack.callback(arp[ifname].close)
+            state_path = cfg.state_file_path
+            state = load_state(state_path)
+            state.boot_epoch = next_boot_epoch(state.boot_epoch)
+            save_state(state_path, state)
+            stale = remove_stale_vips(cfg, vips)
+            if stale:
+                self.log.warning("stale_vip_removed", vips=stale, reason="left by an earlier run")
+            node = Node(
+                cfg,
+                self.key,
+                MonotonicClock(),
+                Adapters(transport, vips, announcer, netlink, arp),
+                state,
+                state_path,
+            )
+            self.node = node
+            self.control = ControlServer(cfg.control_socket_path, self._control)
+            await self.control.start()
+            try:
+                self._install_signals()
+                self.log.info(
+                    "daemon_started",
+                    priority=cfg.node.priority,
+                    peers=[str(p) for p in cfg.cluster.peers],
+                    vips=[str(v) for v in vips_of(cfg)],
+                    interval=cfg.cluster.interval,
+                    dead_time=round(cfg.dead_time, 4),
+                )
+                await node.run()
+            finally:
+                # Whatever happened, leave no VIP behind.
+                for vip in vips_of(cfg):
+                    with contextlib.suppress(VipError):
+                        if vips.remove(vip):
+                            self.log.info("vip_released", vip=str(vip.address), reason="exit")
+                node._save_state()
+                await self.control.close()
+                self.log.info("daemon_stopped")
+        return 0
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._on_term)
+        loop.add_signal_handler(signal.SIGINT, self._on_term)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+
+    def _on_term(self) -> None:
+        self.log.info("shutdown_requested")
+        if self.node is not None:
+            self.node.shutdown()
+
+    def _on_hup(self) -> None:
+        result = self.reload()
+        if not result.get("ok"):
+            self.log.error("config_reload_failed", error=result.get("error"))
+
+    def reload(self) -> dict[str, Any]:
+        """Validate the file again and apply what can change live; keep the old on error."""
+        node = self.node
+        if node is None:
+            return {"ok": False, "error": "not running"}
+        try:
+            new = load_config(self.config_path)
+            key = read_secret(new.cluster.secret_file)
+        except HapairError as exc:
+            return {"ok": False, "error": str(exc)}
+        old = self.cfg
+        fixed = [
+            ("node.name", old.node.name, new.node.name),
+            ("cluster.name", old.cluster.name, new.cluster.name),
+            ("cluster.port", old.cluster.port, new.cluster.port),
+            ("runtime", old.runtime, new.runtime),
+            ("vip", old.vip, new.vip),
+        ]
+        changed = [name for name, a, b in fixed if a != b]
+        if changed:
+            return {
+                "ok": False,
+                "error": f"{', '.join(changed)} cannot change on reload: restart the daemon "
+                "(hapair handover first to avoid an outage)",
+            }
+        self.cfg = new
+        node.cfg = new
+        node.key = key
+        node.io.transport.set_peers(new.cluster.peers)
+        node._perform(node.election.reconfigure(election_settings(new), node.clock.now()))
+        self.log.info("config_reloaded", source=self.config_path)
+        return {"ok": True}
+
+    def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+        node = self.node
+        if node is None:
+            return {"ok": False, "error": "starting"}
+        cmd = request.get("cmd")
+        if cmd == "status":
+            return {"ok": True, "status": node.status()}
+        if cmd == "handover":
+            refused = node.request_handover()
+            if refused:
+                return {"ok": False, "error": refused}
+            return {"ok": True}
+        if cmd == "reload":
+            return self.reload()
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+
+def run_daemon(config_path: str, log_format: str | None = None) -> int:
+    """``hapair run``: load, check, run. Exit 2 on configuration errors, 1 on runtime errors."""
+    cfg = load_config(config_path)
+    fmt = log_format or cfg.log.format
+    configure(cfg.log.level, fmt, cluster=cfg.cluster.name, node=cfg.node.name)  # type: ignore[arg-type]
+    check_capabilities()
+    key = read_secret(cfg.cluster.secret_file)
+    os.umask(0o007)
+    daemon = Daemon(config_path, cfg, key)
+    return asyncio.run(daemon.run())
+
+
+def release(config_path: str) -> list[str]:
+    """``hapair release``: remove this node's VIPs and stale runtime files. Idempotent."""
+    cfg = load_config(config_path, check_secret=False)
+    removed: list[str] = []
+    vips = VipManager()
+    try:
+        for vip in vips_of(cfg):
+            try:
+                if vips.remove(vip):
+                    removed.append(str(vip))
+            except VipError as exc:
+                if "no such interface" not in str(exc):
+                    raise
+    finally:
+        vips.close()
+    sock = Path(cfg.control_socket_path)
+    if sock.exists() and not is_live(sock):
+        sock.unlink()
+        removed.append(f"stale control socket {sock}")
+    return removed

@@ -1,0 +1,514 @@
+"""The driver: the only loop. It owns the clock, feeds the election, and performs its actions.
+
+Every wake-up runs the same step in the same order: read every pending heartbeat and netlink
+event first, then evaluate timers. So a process that was stalled (SIGSTOP, a CPU storm) sees
+the heartbeats that arrived meanwhile *before* its late dead-timer fires, and never claims a
+VIP that its peer still holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from hapair.config.model import Config, InterfaceTrack
+from hapair.core.actions import (
+    AcquireVips,
+    Action,
+    Announce,
+    HandoverRefused,
+    PeerFound,
+    PeerLost,
+    ReleaseVips,
+    RoleChanged,
+    SendHeartbeat,
+    SplitBrain,
+    Stopped,
+    VipSetMismatch,
+)
+from hapair.core.announce import AnnounceSchedule, AnnounceTimers
+from hapair.core.election import Election, ElectionSettings
+from hapair.core.events import (
+    Event,
+    FitnessChanged,
+    HandoverRequested,
+    PeerHeard,
+    ShutdownRequested,
+    Tick,
+)
+from hapair.core.priority import compute_fitness
+from hapair.core.roles import Role
+from hapair.errors import VipError
+from hapair.log import get_logger
+from hapair.net.garp import Announcer
+from hapair.net.tracking import Check, build_checks, run_probe
+from hapair.net.transport import UdpTransport
+from hapair.net.vip import Vip, VipManager
+from hapair.net.watch import AddressRemoved, ArpWatcher, CarrierChanged, NetlinkWatcher
+from hapair.runtime.clock import Clock
+from hapair.runtime.state import PersistentState, save_state
+from hapair.wire.heartbeat import (
+    Heartbeat,
+    Rejected,
+    RejectReason,
+    cluster_id,
+    decode,
+    encode,
+    vip_digest,
+)
+from hapair.wire.rejects import RejectCounter
+from hapair.wire.replay import ReplayGuard
+
+#: A conflict answered with a fresh announcement at most this often per VIP.
+CONFLICT_ANSWER_INTERVAL: Final = 1.0
+#: How often the replay marks are written while running (also at every role change and stop).
+STATE_SAVE_INTERVAL: Final = 10.0
+
+
+def election_settings(cfg: Config) -> ElectionSettings:
+    """The part of the configuration the election needs."""
+    return ElectionSettings(
+        node=cfg.node.name,
+        priority=cfg.node.priority,
+        interval=cfg.cluster.interval,
+        dead_after=cfg.cluster.dead_after,
+        preempt=cfg.cluster.preempt,
+        preempt_delay=cfg.cluster.preempt_delay,
+        vip_digest=vip_digest(str(v.address) for v in cfg.vip),
+    )
+
+
+def announce_timers(cfg: Config) -> AnnounceTimers:
+    """GARP timing from ``[garp]``."""
+    g = cfg.garp
+    return AnnounceTimers(g.burst, g.spacing, g.second_burst_delay, g.refresh)
+
+
+def vips_of(cfg: Config) -> tuple[Vip, ...]:
+    """The configured VIPs as the network layer's type."""
+    return tuple(Vip(v.address, v.interface) for v in cfg.vip)
+
+
+@dataclass
+class Adapters:
+    """The I/O edges the driver uses; the daemon opens them, tests may substitute fakes."""
+
+    transport: UdpTransport
+    vips: VipManager
+    announcer: Announcer
+    netlink: NetlinkWatcher
+    arp: dict[str, ArpWatcher] = field(default_factory=dict)
+
+
+class Node:
+    """One running node: election + adapters + the loop."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        key: bytes,
+        clock: Clock,
+        io: Adapters,
+        state: PersistentState,
+        state_path: Any,
+    ) -> None:
+        self.cfg = cfg
+        self.key = key
+        self.clock = clock
+        self.io = io
+        self.state = state
+        self.state_path = state_path
+        self.log = get_logger()
+        now = clock.now()
+        self.election = Election(election_settings(cfg), now)
+        self.schedule = AnnounceSchedule(announce_timers(cfg))
+        self.vips = vips_of(cfg)
+        self.cluster_id = cluster_id(cfg.cluster.name)
+        self.replay = ReplayGuard()
+        self.replay.restore(state.replay_marks)
+        self.rejects = RejectCounter()
+        self.seq = 0
+        self.held: set[Vip] = set()
+        self.checks: list[Check] = build_checks(cfg.track, now)
+        self.carrier: dict[str, bool] = {}
+        self.started_wall = time.time()
+        self._wake = asyncio.Event()
+        self._pending: list[Event] = []
+        self._conflict_answered: dict[str, float] = {}
+        self._announce_logged: set[str] = set()
+        self._next_save = now + STATE_SAVE_INTERVAL
+        self._probe_tasks: set[asyncio.Task[None]] = set()
+        self.last_transition_wall: float | None = None
+        self.done = False
+
+    # -- entry points from signals and the control socket ---------------------------------
+
+    def post(self, event: Event) -> None:
+        """Queue an event for the next step (signal handlers, control socket)."""
+        self._pending.append(event)
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Reader callback: something is readable."""
+        self._wake.set()
+
+    def request_handover(self) -> str | None:
+        """Run a handover request now; return the refusal reason, or None if it started."""
+        actions = self.election.handle(HandoverRequested(), self.clock.now())
+        self._perform(actions)
+        refused = [a for a in actions if isinstance(a, HandoverRefused)]
+        return refused[0].reason if refused else None
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until the election reports it has stopped."""
+        loop = asyncio.get_running_loop()
+        fds = [*self.io.transport.filenos(), self.io.netlink.fileno()]
+        fds += [w.fileno() for w in self.io.arp.values()]
+        for fd in fds:
+            loop.add_reader(fd, self.wake)
+        try:
+            self._initial_fitness()
+            while not self.done:
+                timeout = max(0.0, self._next_deadline() - self.clock.now())
+                if not self._wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout)
+                self._wake.clear()
+                self.step()
+        finally:
+            for fd in fds:
+                loop.remove_reader(fd)
+            for task in self._probe_tasks:
+                task.cancel()
+
+    def _next_deadline(self) -> float:
+        deadlines = [self.election.next_deadline(), self._next_save]
+        nxt = self.schedule.next_deadline()
+        if nxt is not None:
+            deadlines.append(nxt)
+        deadlines += [c.next_due for c in self.checks if c.argv and not c.running]
+        return min(deadlines)
+
+    def step(self) -> None:
+        """One pass: inputs first (heartbeats, netlink, ARP, queued events), then timers."""
+        self._read_heartbeats()
+        self._read_netlink()
+        self._read_arp()
+        pending, self._pending = self._pending, []
+        for event in pending:
+            self._handle(event)
+        self._handle(Tick())
+        self._run_announcements()
+        self._start_due_probes()
+        now = self.clock.now()
+        if now >= self._next_save:
+            self._save_state()
+            self._next_save = now + STATE_SAVE_INTERVAL
+
+    def _handle(self, event: Event) -> None:
+        self._perform(self.election.handle(event, self.clock.now()))
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def _read_heartbeats(self) -> None:
+        for data, source in self.io.transport.receive():
+            try:
+                hb = decode(data, self.key, self.cluster_id)
+                if hb.node == self.cfg.node.name:
+                    raise Rejected(RejectReason.SELF, f"from {source}")
+                if not self.replay.accept(hb.node, hb.boot_epoch, hb.seq):
+                    raise Rejected(RejectReason.REPLAY, f"{hb.node} seq {hb.seq} from {source}")
+            except Rejected as exc:
+                if self.rejects.record(exc.reason):
+                    self.log.warning(
+                        "heartbeat_rejected",
+                        reason=exc.reason.value,
+                        source=source,
+                        detail=exc.detail,
+                        note="logged once per reason; then only counted (see hapair status)",
+                    )
+                continue
+            self._handle(
+                PeerHeard(
+                    node=hb.node,
+                    role=hb.role,
+                    base_priority=hb.base_priority,
+                    effective_priority=hb.effective_priority,
+                    resigning=hb.resigning,
+                    term=hb.term,
+                    interval=hb.interval_ms / 1000,
+                    vip_digest=hb.vip_digest,
+                    link=source,
+                )
+            )
+
+    def _read_netlink(self) -> None:
+        for ev in self.io.netlink.read_events():
+            if isinstance(ev, AddressRemoved):
+                self._on_address_removed(ev)
+            elif (
+                isinstance(ev, CarrierChanged)
+                and ev.interface in self.carrier
+                and self.carrier[ev.interface] != ev.up
+            ):
+                self.carrier[ev.interface] = ev.up
+                log = self.log.info if ev.up else self.log.warning
+                log("carrier_changed", interface=ev.interface, up=ev.up)
+                self._refresh_fitness()
+
+    def _on_address_removed(self, ev: AddressRemoved) -> None:
+        for vip in self.vips:
+            if vip.interface == ev.interface and vip.address == ev.address and vip in self.held:
+                if self.election.role is not Role.MASTER:
+                    return
+                self.log.warning("vip_removed_externally", vip=str(vip.address), action="restore")
+                try:
+                    self.io.vips.add(vip)
+                except VipError as exc:
+                    self.log.error("vip_restore_failed", vip=str(vip.address), error=str(exc))
+                    return
+                self.log.info("vip_restored", vip=str(vip.address), interface=vip.interface)
+                self.schedule.start(self.clock.now(), "restored", second_burst=False)
+
+    def _read_arp(self) -> None:
+        if self.election.role is not Role.MASTER:
+            for w in self.io.arp.values():
+                w.read_conflicts((), b"")  # drain and discard
+            return
+        now = self.clock.now()
+        for ifname, watcher in self.io.arp.items():
+            mine = [v.address.ip for v in self.vips if v.interface == ifname and v.family == 4]
+            mac = self.io.vips.mac(ifname)
+            for conflict in watcher.read_conflicts(mine, mac):
+                key = str(conflict.ip)
+                if now - self._conflict_answered.get(key, -1e9) < CONFLICT_ANSWER_INTERVAL:
+                    continue
+                self._conflict_answered[key] = now
+                self.log.warning("vip_conflict", vip=key, mac=conflict.mac.hex(":"))
+                self.schedule.start(now, "conflict", second_burst=False)
+
+    # -- fitness -------------------------------------------------------------------------
+
+    def _initial_fitness(self) -> None:
+        interfaces = {v.interface for v in self.vips}
+        interfaces |= {
+            c.track.interface for c in self.checks if isinstance(c.track, InterfaceTrack)
+        }
+        for ifname in interfaces:
+            self.carrier[ifname] = self.io.vips.carrier(ifname)
+        for c in self.checks:
+            if isinstance(c.track, InterfaceTrack) and not self.carrier[c.track.interface]:
+                c.state.up = False
+        self._refresh_fitness()
+
+    def _refresh_fitness(self) -> None:
+        """Recompute effective priority and fault from the current state of every check."""
+        failing: list[tuple[str, int | str]] = []
+        for v in {v.interface for v in self.vips}:
+            if not self.carrier.get(v, True):
+                failing.append((f"carrier_lost:{v}", "fault"))
+        for c in self.checks:
+            if isinstance(c.track, InterfaceTrack):
+                down = not self.carrier.get(c.track.interface, True)
+                if down != c.failing:
+                    c.state.up = not down
+            if c.failing:
+                failing.append((c.name, c.weight))
+        fit = compute_fitness(self.cfg.node.priority, failing)  # type: ignore[arg-type]
+        if fit.effective_priority != self.election.effective_priority or (
+            fit.fault != self.election.fault
+        ):
+            self.log.info(
+                "fitness_changed",
+                effective_priority=fit.effective_priority,
+                fault=fit.fault,
+                reason=fit.reason,
+            )
+            self._handle(FitnessChanged(fit.effective_priority, fit.fault, fit.reason))
+
+    def _start_due_probes(self) -> None:
+        now = self.clock.now()
+        for check in self.checks:
+            if check.argv and not check.running and now >= check.next_due:
+                check.running = True
+                task = asyncio.ensure_future(self._probe(check))
+                self._probe_tasks.add(task)
+                task.add_done_callback(self._probe_tasks.discard)
+
+    async def _probe(self, check: Check) -> None:
+        ok = await run_probe(check.argv, check.track.timeout)
+        check.running = False
+        check.next_due = self.clock.now() + check.track.interval
+        if check.state.record(ok):
+            self.log.info("track_changed", check=check.name, up=check.state.up)
+            self._refresh_fitness()
+        self._wake.set()
+
+    # -- actions -------------------------------------------------------------------------
+
+    def _perform(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, RoleChanged):
+                self._on_role_changed(action)
+            elif isinstance(action, AcquireVips):
+                self._acquire(action.reason)
+            elif isinstance(action, ReleaseVips):
+                self._release(action.reason)
+            elif isinstance(action, Announce):
+                self._announce_logged -= {action.reason, "second", "refresh"}
+                self.schedule.start(
+                    self.clock.now(), action.reason, second_burst=action.reason == "takeover"
+                )
+                self._run_announcements()
+            elif isinstance(action, SendHeartbeat):
+                self._send_heartbeat(action.resigning)
+            elif isinstance(action, PeerLost):
+                self.log.warning("peer_lost", peer=action.node, reason=action.reason)
+            elif isinstance(action, PeerFound):
+                self.log.info("peer_found", peer=action.node, reason=action.reason)
+            elif isinstance(action, SplitBrain):
+                self.log.warning("split_brain", peer=action.node, reason=action.reason)
+            elif isinstance(action, VipSetMismatch):
+                self.log.error("vip_set_mismatch", peer=action.node, reason=action.reason)
+            elif isinstance(action, HandoverRefused):
+                self.log.warning("handover_refused", reason=action.reason)
+            elif isinstance(action, Stopped):
+                self.done = True
+
+    def _on_role_changed(self, action: RoleChanged) -> None:
+        self.last_transition_wall = time.time()
+        self.log.info(
+            "role_changed",
+            from_role=action.from_role.name,
+            to_role=action.to_role.name,
+            reason=action.reason,
+            term=action.term,
+            priority=self.election.effective_priority,
+        )
+        if action.to_role is not Role.MASTER:
+            self.schedule.stop()
+        self._save_state()
+
+    def _acquire(self, reason: str) -> None:
+        for vip in self.vips:
+            try:
+                added = self.io.vips.add(vip)
+            except VipError as exc:
+                self.log.error("vip_add_failed", vip=str(vip.address), error=str(exc))
+                self._handle(FitnessChanged(0, True, f"vip_add_failed:{vip.address}"))
+                return
+            self.held.add(vip)
+            self.log.info(
+                "vip_acquired",
+                vip=str(vip.address),
+                interface=vip.interface,
+                reason=reason,
+                already_present=not added,
+            )
+
+    def _release(self, reason: str) -> None:
+        self.schedule.stop()
+        for vip in self.vips:
+            try:
+                removed = self.io.vips.remove(vip)
+            except VipError as exc:
+                self.log.error("vip_remove_failed", vip=str(vip.address), error=str(exc))
+                continue
+            self.held.discard(vip)
+            if removed:
+                self.log.info("vip_released", vip=str(vip.address), reason=reason)
+
+    def _run_announcements(self) -> None:
+        rounds = self.schedule.due(self.clock.now())
+        for reason in rounds:
+            frames = 0
+            for vip in self.held:
+                try:
+                    frames += self.io.announcer.announce(vip)
+                except VipError as exc:
+                    self.log.error("garp_failed", vip=str(vip.address), error=str(exc))
+            if reason not in self._announce_logged:
+                # One line per burst, not per frame.
+                self._announce_logged.add(reason)
+                self.log.info(
+                    "garp_sent",
+                    burst=reason,
+                    vips=[str(v.address) for v in self.held],
+                    frames=frames,
+                )
+
+    def _send_heartbeat(self, resigning: bool) -> None:
+        e = self.election
+        self.seq += 1
+        hb = Heartbeat(
+            cluster_id=self.cluster_id,
+            node=self.cfg.node.name,
+            role=e.role,
+            base_priority=self.cfg.node.priority,
+            effective_priority=e.effective_priority,
+            resigning=resigning or e.resigning,
+            term=e.term,
+            seq=self.seq,
+            boot_epoch=self.state.boot_epoch,
+            interval_ms=max(1, round(self.cfg.cluster.interval * 1000)),
+            vip_digest=e.settings.vip_digest,
+        )
+        self.io.transport.send(encode(hb, self.key))
+
+    # -- state and status ----------------------------------------------------------------
+
+    def _save_state(self) -> None:
+        self.state.replay_marks = self.replay.snapshot()
+        try:
+            save_state(self.state_path, self.state)
+        except OSError as exc:
+            self.log.warning("state_save_failed", path=str(self.state_path), error=str(exc))
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able snapshot for ``hapair status``."""
+        e = self.election
+        now = self.clock.now()
+        last = e.last_transition
+        return {
+            "cluster": self.cfg.cluster.name,
+            "node": self.cfg.node.name,
+            "role": e.role.name,
+            "resigning": e.resigning,
+            "term": e.term,
+            "priority": {"base": self.cfg.node.priority, "effective": e.effective_priority},
+            "fault_reason": e.fault_reason if e.fault else None,
+            "vips_held": sorted(str(v.address) for v in self.held),
+            "vips_configured": [str(v) for v in self.vips],
+            "peers": [
+                {
+                    "node": p.node,
+                    "role": p.role.name,
+                    "alive": p.alive,
+                    "resigning": p.resigning,
+                    "priority": {"base": p.base_priority, "effective": p.effective_priority},
+                    "last_heard_ago": round(now - p.last_heard, 3),
+                    "links": {k: round(now - v, 3) for k, v in sorted(p.links.items())},
+                }
+                for p in e.peers.values()
+            ],
+            "last_transition": None
+            if last is None
+            else {
+                "from": last.from_role.name,
+                "to": last.to_role.name,
+                "reason": last.reason,
+                "ago": round(now - last.at, 3),
+                "at": self.last_transition_wall,
+            },
+            "rejected": self.rejects.counts(),
+            "uptime": round(time.time() - self.started_wall, 3),
+        }
+
+    def shutdown(self) -> None:
+        """SIGTERM: resign gracefully (the election bounds the wait)."""
+        self.post(ShutdownRequested())

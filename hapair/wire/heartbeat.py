@@ -1,0 +1,234 @@
+"""Heartbeat packet: a fixed, versioned, HMAC-SHA256 authenticated layout (see docs/protocol.md)."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import ipaddress
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from hapair.core.roles import Role
+from hapair.errors import WireError
+
+MAGIC: Final = b"HAPR"
+VERSION: Final = 1
+FLAG_RESIGNING: Final = 0x01
+CLUSTER_ID_SIZE: Final = 8
+VIP_DIGEST_SIZE: Final = 8
+NODE_NAME_SIZE: Final = 32
+MAC_SIZE: Final = 32
+MIN_KEY_SIZE: Final = 32
+
+U8_MAX: Final = 0xFF
+U32_MAX: Final = 0xFFFF_FFFF
+U64_MAX: Final = 0xFFFF_FFFF_FFFF_FFFF
+
+# magic, version, flags, role, base prio, eff prio, reserved, cluster id, node,
+# term, seq, boot epoch, interval ms, vip digest
+_BODY: Final = struct.Struct("!4sBBBBB3s8s32sQQQI8s")
+BODY_SIZE: Final = _BODY.size
+PACKET_SIZE: Final = BODY_SIZE + MAC_SIZE
+
+_RESERVED: Final = bytes(3)
+_VERSION_OFFSET: Final = 4
+_CLUSTER_OFFSET: Final = 12
+_CLUSTER_DOMAIN: Final = b"hapair-cluster:"
+_ROLES: Final = {role.value: role for role in Role}
+
+
+class RejectReason(enum.Enum):
+    """Why a received datagram was not accepted as a heartbeat."""
+
+    TRUNCATED = "truncated"
+    OVERSIZED = "oversized"
+    BAD_MAGIC = "bad_magic"
+    BAD_VERSION = "bad_version"
+    WRONG_CLUSTER = "wrong_cluster"
+    BAD_MAC = "bad_mac"
+    MALFORMED = "malformed"
+    REPLAY = "replay"
+    SELF = "self"
+
+
+class Rejected(WireError):
+    """A datagram was refused; `reason` says why, `detail` is for the log only."""
+
+    def __init__(self, reason: RejectReason, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+
+
+def cluster_id(name: str) -> bytes:
+    """Return the 8-byte cluster id: the first 8 bytes of SHA-256(b"hapair-cluster:" + name)."""
+    if not name:
+        raise ValueError("cluster name must not be empty")
+    return hashlib.sha256(_CLUSTER_DOMAIN + name.encode("utf-8")).digest()[:CLUSTER_ID_SIZE]
+
+
+def vip_digest(addresses: Iterable[str]) -> bytes:
+    """Return 8 bytes summarising the VIP set; independent of order, duplicates and NIC names."""
+    if isinstance(addresses, str):
+        raise TypeError("vip_digest() takes an iterable of addresses, not one string")
+    canonical = sorted({ipaddress.ip_interface(a).with_prefixlen for a in addresses})
+    return hashlib.sha256("\n".join(canonical).encode("ascii")).digest()[:VIP_DIGEST_SIZE]
+
+
+def _check_uint(name: str, value: object, maximum: int, minimum: int = 0) -> None:
+    # bool is an int subclass; True as a priority is a bug, not a value.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an int, got {type(value).__name__}")
+    if not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be in {minimum}..{maximum}, got {value}")
+
+
+def _check_node_name(node: object) -> None:
+    if not isinstance(node, str):
+        raise ValueError(f"node must be a str, got {type(node).__name__}")
+    raw = node.encode("utf-8")
+    if not 1 <= len(raw) <= NODE_NAME_SIZE:
+        raise ValueError(f"node must be 1..{NODE_NAME_SIZE} bytes of UTF-8, got {len(raw)}")
+    if b"\x00" in raw:
+        raise ValueError("node must not contain NUL")
+
+
+def _check_key(key: bytes) -> None:
+    if len(key) < MIN_KEY_SIZE:
+        raise ValueError(f"key must be at least {MIN_KEY_SIZE} bytes, got {len(key)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """One heartbeat; construction raises ValueError if any field cannot be put on the wire."""
+
+    cluster_id: bytes
+    node: str
+    role: Role
+    base_priority: int
+    effective_priority: int
+    resigning: bool
+    term: int
+    seq: int
+    boot_epoch: int
+    interval_ms: int
+    vip_digest: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cluster_id, bytes) or len(self.cluster_id) != CLUSTER_ID_SIZE:
+            raise ValueError(f"cluster_id must be {CLUSTER_ID_SIZE} bytes")
+        _check_node_name(self.node)
+        if not isinstance(self.role, Role):
+            raise ValueError(f"role must be a Role, got {self.role!r}")
+        _check_uint("base_priority", self.base_priority, U8_MAX)
+        _check_uint("effective_priority", self.effective_priority, U8_MAX)
+        if not isinstance(self.resigning, bool):
+            raise ValueError("resigning must be a bool")
+        _check_uint("term", self.term, U64_MAX)
+        _check_uint("seq", self.seq, U64_MAX)
+        _check_uint("boot_epoch", self.boot_epoch, U64_MAX)
+        # An interval of 0 would give the receiver a dead time of 0: instant false failover.
+        _check_uint("interval_ms", self.interval_ms, U32_MAX, minimum=1)
+        if not isinstance(self.vip_digest, bytes) or len(self.vip_digest) != VIP_DIGEST_SIZE:
+            raise ValueError(f"vip_digest must be {VIP_DIGEST_SIZE} bytes")
+
+
+def _mac(key: bytes, body: bytes) -> bytes:
+    return hmac.new(key, body, hashlib.sha256).digest()
+
+
+def encode(hb: Heartbeat, key: bytes) -> bytes:
+    """Return the PACKET_SIZE-byte signed packet for `hb`; ValueError if the key is too short."""
+    _check_key(key)
+    body = _BODY.pack(
+        MAGIC,
+        VERSION,
+        FLAG_RESIGNING if hb.resigning else 0,
+        hb.role.value,
+        hb.base_priority,
+        hb.effective_priority,
+        _RESERVED,
+        hb.cluster_id,
+        hb.node.encode("utf-8"),  # struct pads "32s" with NULs
+        hb.term,
+        hb.seq,
+        hb.boot_epoch,
+        hb.interval_ms,
+        hb.vip_digest,
+    )
+    return body + _mac(key, body)
+
+
+def _decode_node_name(raw: bytes) -> str:
+    name = raw.rstrip(b"\x00")
+    if not name:
+        raise Rejected(RejectReason.MALFORMED, "empty node name")
+    if b"\x00" in name:
+        raise Rejected(RejectReason.MALFORMED, "NUL inside node name")
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Rejected(RejectReason.MALFORMED, "node name is not UTF-8") from None
+
+
+def decode(data: bytes, key: bytes, expected_cluster: bytes) -> Heartbeat:
+    """Authenticate and parse one datagram; raise Rejected (and nothing else) for any bad input."""
+    _check_key(key)
+    if len(expected_cluster) != CLUSTER_ID_SIZE:
+        raise ValueError(f"expected_cluster must be {CLUSTER_ID_SIZE} bytes")
+    if len(data) < PACKET_SIZE:
+        raise Rejected(RejectReason.TRUNCATED, f"{len(data)} < {PACKET_SIZE} bytes")
+    if len(data) > PACKET_SIZE:
+        raise Rejected(RejectReason.OVERSIZED, f"{len(data)} > {PACKET_SIZE} bytes")
+    if data[: len(MAGIC)] != MAGIC:
+        raise Rejected(RejectReason.BAD_MAGIC)
+    if data[_VERSION_OFFSET] != VERSION:
+        raise Rejected(RejectReason.BAD_VERSION, f"version {data[_VERSION_OFFSET]}")
+    if data[_CLUSTER_OFFSET : _CLUSTER_OFFSET + CLUSTER_ID_SIZE] != expected_cluster:
+        raise Rejected(RejectReason.WRONG_CLUSTER)
+    body, mac = data[:BODY_SIZE], data[BODY_SIZE:]
+    if not hmac.compare_digest(mac, _mac(key, body)):
+        raise Rejected(RejectReason.BAD_MAC)
+
+    (
+        _magic,
+        _version,
+        flags,
+        role_code,
+        base_priority,
+        effective_priority,
+        reserved,
+        cluster,
+        node_raw,
+        term,
+        seq,
+        boot_epoch,
+        interval_ms,
+        digest,
+    ) = _BODY.unpack(body)
+    if flags & ~FLAG_RESIGNING:
+        raise Rejected(RejectReason.MALFORMED, f"unknown flag bits 0x{flags:02x}")
+    if reserved != _RESERVED:
+        raise Rejected(RejectReason.MALFORMED, "reserved bytes not zero")
+    role = _ROLES.get(role_code)
+    if role is None:
+        raise Rejected(RejectReason.MALFORMED, f"unknown role code {role_code}")
+    node = _decode_node_name(node_raw)
+    if interval_ms == 0:
+        raise Rejected(RejectReason.MALFORMED, "interval_ms is 0")
+    return Heartbeat(
+        cluster_id=cluster,
+        node=node,
+        role=role,
+        base_priority=base_priority,
+        effective_priority=effective_priority,
+        resigning=bool(flags & FLAG_RESIGNING),
+        term=term,
+        seq=seq,
+        boot_epoch=boot_epoch,
+        interval_ms=interval_ms,
+        vip_digest=digest,
+    )
