@@ -31,9 +31,17 @@ class ProbeRun:
         self._lock = threading.Lock()
         self._live: list[Sample] = []
         args = [
-            sys.executable, "-m", "hapair.lab.probe", "--target", target, "--stream",
-            "--duration", str(min(duration, MAX_PROBE_SECONDS)), "--out", str(self.out),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "hapair.lab.probe",
+            "--target",
+            target,
+            "--stream",
+            "--duration",
+            str(min(duration, MAX_PROBE_SECONDS)),
+            "--out",
+            str(self.out),
+        ]
         proc = lab.spawn(key, "c", args, stdout=subprocess.PIPE)
         self._reader = threading.Thread(target=self._read, args=(proc.popen,), daemon=True)
         self._reader.start()

@@ -49,6 +49,13 @@ def parse_json_line(node: str, line: str) -> Event | None:
 # keepalived logs free text; the lab timestamps each line as it arrives ("<ts>\t<line>").
 _KEEPALIVED_STATE: Final = re.compile(r"\) Entering (MASTER|BACKUP|FAULT) STATE")
 _KEEPALIVED_GARP: Final = re.compile(r"Sending gratuitous ARP", re.IGNORECASE)
+_KEEPALIVED_OTHER: Final[tuple[tuple[str, str, dict[str, object]], ...]] = (
+    ("sent 0 priority", "priority_zero_sent", {}),
+    ("setting VIPs", "vip_acquired", {}),
+    ("removing VIPs", "vip_released", {}),
+    ("Stopped Keepalived", "daemon_stopped", {}),
+    ("Starting VRRP child", "daemon_started", {}),
+)
 
 
 def parse_keepalived_line(node: str, line: str) -> Event | None:
@@ -65,10 +72,12 @@ def parse_keepalived_line(node: str, line: str) -> Event | None:
         return Event(node, ts, "role_changed", {"to_role": state.group(1), "raw": text.strip()})
     if _KEEPALIVED_GARP.search(text):
         return Event(node, ts, "garp_sent", {"raw": text.strip()})
-    if "Stopped" in text and "Keepalived" in text:
-        return Event(node, ts, "daemon_stopped", {"raw": text.strip()})
-    if text.startswith("Starting") or "Starting VRRP child" in text:
-        return Event(node, ts, "daemon_started", {"raw": text.strip()})
+    if text.rstrip().endswith(": Stopping"):
+        # From SIGTERM on keepalived sends priority 0 and drops its VIPs: no longer a master.
+        return Event(node, ts, "role_changed", {"to_role": "STOPPING", "reason": "SIGTERM"})
+    for needle, name, fields in _KEEPALIVED_OTHER:
+        if needle in text:
+            return Event(node, ts, name, {**fields, "raw": text.strip()})
     return None
 
 
@@ -86,7 +95,21 @@ def read_events(node: str, path: Path, *, keepalived: bool = False) -> list[Even
         if (ev := parse(node, raw)) is not None
     ]
     events.sort(key=lambda ev: ev.ts)
-    return events
+    return _fill_from_role(events) if keepalived else events
+
+
+def _fill_from_role(events: list[Event]) -> list[Event]:
+    # keepalived logs only the new state; derive the old one from the previous transition.
+    role = "INIT"
+    out = []
+    for ev in events:
+        if ev.name == "daemon_started":
+            role = "INIT"
+        elif ev.name == "role_changed":
+            ev = Event(ev.node, ev.ts, ev.name, {**ev.fields, "from_role": role})
+            role = ev.get("to_role")
+        out.append(ev)
+    return out
 
 
 def first(

@@ -176,9 +176,10 @@ class HapairPair:
     def status(self, node: str) -> dict[str, object] | None:
         """Return ``hapair status --json`` of `node` (None if it fails)."""
         proc = self.lab.python(
-            node, ["-m", "hapair", "status", "-c", str(self.config_path(node)), "--json"],
+            node,
+            ["-m", "hapair", "status", "-c", str(self.config_path(node)), "--json"],
             check=False,
-        )  # fmt: skip
+        )
         try:
             data = json.loads(proc.stdout)
         except ValueError:

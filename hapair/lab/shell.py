@@ -90,6 +90,24 @@ def pid_alive(pid: int) -> bool:
     return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] not in ("Z", "X", "")
 
 
+def group_pids(pgid: int) -> list[int]:
+    """Return the live pids whose process group is `pgid`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # Fields after the ")" are: state ppid pgrp ...
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            found.append(int(entry))
+    return sorted(found)
+
+
 def kill_pids(pids: Sequence[int], *, grace: float = 2.0) -> None:
     """SIGTERM `pids`, wait up to `grace` seconds, then SIGKILL whatever is left."""
     for pid in pids:

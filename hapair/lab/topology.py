@@ -37,8 +37,13 @@ Handler = Callable[[int, FrameType | None], object] | int | None
 NODES: Final = ("a", "b")
 HOSTS: Final = ("a", "b", "c", "r1", "r2")
 SWITCH: Final = "sw"
-LAN4: Final = {"a": "10.77.0.11", "b": "10.77.0.12", "c": "10.77.0.100", "r1": "10.77.0.21",
-               "r2": "10.77.0.22"}  # fmt: skip
+LAN4: Final = {
+    "a": "10.77.0.11",
+    "b": "10.77.0.12",
+    "c": "10.77.0.100",
+    "r1": "10.77.0.21",
+    "r2": "10.77.0.22",
+}
 LAN6: Final = {h: f"fd77::{v.rsplit('.', 1)[1]}" for h, v in LAN4.items()}
 HB4: Final = {"a": "192.168.77.1", "b": "192.168.77.2"}
 VIP4: Final = "10.77.0.50"
@@ -159,7 +164,7 @@ class Lab:
     # ---------------------------------------------------------------- life cycle --------------
 
     def __enter__(self) -> Lab:
-        self._trap_signals()
+        self.trap_signals()
         try:
             return self.up()
         except BaseException:
@@ -209,8 +214,8 @@ class Lab:
         self._is_up = False
         self._restore_signals()
 
-    def _trap_signals(self) -> None:
-        # SIGTERM becomes SystemExit so __exit__ (and therefore down()) runs, as on Ctrl-C.
+    def trap_signals(self) -> None:
+        """Turn SIGTERM into SystemExit until down(), so cleanup runs as on Ctrl-C."""
         if threading.current_thread() is not threading.main_thread():
             return
 
@@ -235,21 +240,50 @@ class Lab:
         self._sysctl(sw, SWITCH_SYSCTLS)
         for host in HOSTS:
             self._sysctl(self.ns(host), HOST_SYSCTLS)
-        shell.ip("link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0",
-                 netns=sw)  # fmt: skip
+        shell.ip(
+            "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0", netns=sw
+        )
         shell.ip("link", "set", "br0", "up", netns=sw)
         for host in HOSTS:
             ns = self.ns(host)
             shell.ip("link", "set", "lo", "up", netns=ns)
-            shell.ip("link", "add", "eth0", "address", mac(host), "type", "veth",
-                     "peer", "name", f"v-{host}", "netns", sw, netns=ns)  # fmt: skip
+            shell.ip(
+                "link",
+                "add",
+                "eth0",
+                "address",
+                mac(host),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                f"v-{host}",
+                "netns",
+                sw,
+                netns=ns,
+            )
             shell.ip("link", "set", f"v-{host}", "master", "br0", "up", netns=sw)
             shell.ip("addr", "add", f"{LAN4[host]}/24", "dev", "eth0", netns=ns)
             shell.ip("addr", "add", f"{LAN6[host]}/64", "dev", "eth0", "nodad", netns=ns)
             shell.ip("link", "set", "eth0", "up", netns=ns)
         a, b = self.ns("a"), self.ns("b")
-        shell.ip("link", "add", "eth1", "address", mac("a", 1), "type", "veth", "peer", "name",
-                 "eth1", "address", mac("b", 1), "netns", b, netns=a)  # fmt: skip
+        shell.ip(
+            "link",
+            "add",
+            "eth1",
+            "address",
+            mac("a", 1),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth1",
+            "address",
+            mac("b", 1),
+            "netns",
+            b,
+            netns=a,
+        )
         for node in NODES:
             shell.ip("addr", "add", f"{HB4[node]}/30", "dev", "eth1", netns=self.ns(node))
             shell.ip("link", "set", "eth1", "up", netns=self.ns(node))
@@ -275,9 +309,14 @@ class Lab:
         """Blackhole A<->B traffic on both links (or remove the blackholes when `heal`)."""
         verb = "del" if heal else "add"
         for me, peer in (("a", "b"), ("b", "a")):
+            # Strict reverse-path filtering makes the blackhole also drop what the peer sends
+            # here: a sender that bypasses its routing table (keepalived's unicast VRRP does)
+            # is still cut off, as a real partition would.
+            self._sysctl(self.ns(me), [f"net.ipv4.conf.all.rp_filter={0 if heal else 1}"])
             for dest in (LAN4[peer], HB4[peer]):
-                shell.ip("route", verb, "blackhole", f"{dest}/32", netns=self.ns(me),
-                         check=not heal)  # fmt: skip
+                shell.ip(
+                    "route", verb, "blackhole", f"{dest}/32", netns=self.ns(me), check=not heal
+                )
 
     def vip_holders(self) -> list[str]:
         """Return the nodes that currently have the IPv4 VIP on eth0."""
@@ -296,8 +335,9 @@ class Lab:
     def remove_vips(self, node: str) -> None:
         """Delete the VIPs from `node` by hand (what an ExecStopPost does for keepalived)."""
         for vip, plen in ((VIP4, 24), (VIP6, 64)):
-            shell.ip("addr", "del", f"{vip}/{plen}", "dev", "eth0", netns=self.ns(node),
-                     check=False)  # fmt: skip
+            shell.ip(
+                "addr", "del", f"{vip}/{plen}", "dev", "eth0", netns=self.ns(node), check=False
+            )
 
     # ---------------------------------------------------------------- processes ---------------
 
@@ -310,20 +350,27 @@ class Lab:
         return env
 
     def exec(
-        self, host: str, argv: Sequence[str], *, timeout: float = shell.DEFAULT_TIMEOUT,
+        self,
+        host: str,
+        argv: Sequence[str],
+        *,
+        timeout: float = shell.DEFAULT_TIMEOUT,
         check: bool = True,
-    ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    ) -> subprocess.CompletedProcess[str]:
         """Run `argv` to completion inside `host`'s namespace."""
-        return shell.run(["ip", "netns", "exec", self.ns(host), *argv], timeout=timeout,
-                         check=check)  # fmt: skip
+        return shell.run(
+            ["ip", "netns", "exec", self.ns(host), *argv], timeout=timeout, check=check
+        )
 
-    def python(self, host: str, args: Sequence[str], *, timeout: float = 30.0,
-               check: bool = True) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    def python(
+        self, host: str, args: Sequence[str], *, timeout: float = 30.0, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``python ARGS`` (this interpreter, this checkout) inside `host`'s namespace."""
         argv = ["ip", "netns", "exec", self.ns(host), sys.executable, *args]
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                                  env=self.env(), check=False)  # fmt: skip
+            proc = subprocess.run(
+                argv, capture_output=True, text=True, timeout=timeout, env=self.env(), check=False
+            )
         except subprocess.TimeoutExpired as exc:
             raise LabError(f"timed out after {timeout:.0f}s: {' '.join(argv)}") from exc
         if check and proc.returncode != 0:
@@ -365,8 +412,14 @@ class Lab:
         proc = self.procs.get(key)
         return proc is not None and proc.popen.poll() is None
 
-    def stop(self, key: str, *, sig: signal.Signals = signal.SIGTERM, group: bool = True,
-             timeout: float = 5.0) -> int | None:  # fmt: skip
+    def stop(
+        self,
+        key: str,
+        *,
+        sig: signal.Signals = signal.SIGTERM,
+        group: bool = True,
+        timeout: float = 5.0,
+    ) -> int | None:
         """Signal process `key` (its whole group unless `group` is False); reap it, bounded."""
         proc = self.procs.get(key)
         if proc is None:
@@ -395,8 +448,9 @@ class Lab:
                 self.spawn(f"service-{host}", host, [sys.executable, *args], stdout=fh)
         for host in (*NODES, "r1", "r2"):
             ready = self.dir / f"service-{host}.out"
-            if not shell.wait_until(partial(_contains, ready, b"ready"),
-                                    timeout=SERVICE_READY_TIMEOUT):  # fmt: skip
+            if not shell.wait_until(
+                partial(_contains, ready, b"ready"), timeout=SERVICE_READY_TIMEOUT
+            ):
                 log = _read(self.dir / f"service-{host}.log").decode(errors="replace")
                 raise LabError(f"service in {host} did not start:\n{log[-2000:]}")
 

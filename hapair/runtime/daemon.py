@@ -97,15 +97,13 @@ class Daemon:
         self.key = key
         self.log = get_logger()
         self.node: Node | None = None
-        self.control: ControlServer | None = None
 
     async def run(self) -> int:
         """Set up, run the node until it stops, tear down. Returns the exit status."""
         cfg = self.cfg
-        with contextlib.ExitStack() as stack:
+        async with contextlib.AsyncExitStack() as stack:
             vips = VipManager()
             stack.callback(vips.close)
-            check_host(cfg, vips)
             transport = UdpTransport(cfg.cluster.port, cfg.cluster.peers)
             stack.callback(transport.close)
             netlink = NetlinkWatcher()
@@ -116,6 +114,11 @@ class Daemon:
             for ifname in sorted({v.interface for v in cfg.vip if v.address.version == 4}):
                 arp[ifname] = ArpWatcher(ifname)
                 stack.callback(arp[ifname].close)
+            # The control socket before anything changes: a second daemon for the same node
+            # must stop here, before it could remove the running daemon's VIPs.
+            control = ControlServer(cfg.control_socket_path, self._control)
+            await control.start()
+            stack.push_async_callback(control.close)
             state_path = cfg.state_file_path
             state = load_state(state_path)
             state.boot_epoch = next_boot_epoch(state.boot_epoch)
@@ -132,8 +135,6 @@ class Daemon:
                 state_path,
             )
             self.node = node
-            self.control = ControlServer(cfg.control_socket_path, self._control)
-            await self.control.start()
             try:
                 self._install_signals()
                 self.log.info(
@@ -151,8 +152,7 @@ class Daemon:
                     with contextlib.suppress(VipError):
                         if vips.remove(vip):
                             self.log.info("vip_released", vip=str(vip.address), reason="exit")
-                node._save_state()
-                await self.control.close()
+                node.save_state_file()
                 self.log.info("daemon_stopped")
         return 0
 
@@ -229,6 +229,11 @@ def run_daemon(config_path: str, log_format: str | None = None) -> int:
     configure(cfg.log.level, fmt, cluster=cfg.cluster.name, node=cfg.node.name)  # type: ignore[arg-type]
     check_capabilities()
     key = read_secret(cfg.cluster.secret_file)
+    vips = VipManager()
+    try:
+        check_host(cfg, vips)  # before the loop: route look-ups use pyroute2's own loop
+    finally:
+        vips.close()
     os.umask(0o007)
     daemon = Daemon(config_path, cfg, key)
     return asyncio.run(daemon.run())

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 from typing import Any, Final
 
 from hapair.config.model import Config, InterfaceTrack
@@ -64,6 +65,9 @@ from hapair.wire.replay import ReplayGuard
 
 #: A conflict answered with a fresh announcement at most this often per VIP.
 CONFLICT_ANSWER_INTERVAL: Final = 1.0
+#: A peer taking over sends its GARP a moment before its MASTER heartbeat; wait this long
+#: before answering a conflict, so a legitimate takeover is not fought.
+CONFLICT_GRACE: Final = 0.02
 #: How often the replay marks are written while running (also at every role change and stop).
 STATE_SAVE_INTERVAL: Final = 10.0
 
@@ -138,6 +142,8 @@ class Node:
         self._wake = asyncio.Event()
         self._pending: list[Event] = []
         self._conflict_answered: dict[str, float] = {}
+        self._conflict_due: float | None = None
+        self._conflicts: dict[str, str] = {}
         self._announce_logged: set[str] = set()
         self._next_save = now + STATE_SAVE_INTERVAL
         self._probe_tasks: set[asyncio.Task[None]] = set()
@@ -188,6 +194,8 @@ class Node:
 
     def _next_deadline(self) -> float:
         deadlines = [self.election.next_deadline(), self._next_save]
+        if self._conflict_due is not None:
+            deadlines.append(self._conflict_due)
         nxt = self.schedule.next_deadline()
         if nxt is not None:
             deadlines.append(nxt)
@@ -203,11 +211,12 @@ class Node:
         for event in pending:
             self._handle(event)
         self._handle(Tick())
+        self._answer_conflict()
         self._run_announcements()
         self._start_due_probes()
         now = self.clock.now()
         if now >= self._next_save:
-            self._save_state()
+            self.save_state_file()
             self._next_save = now + STATE_SAVE_INTERVAL
 
     def _handle(self, event: Event) -> None:
@@ -282,15 +291,38 @@ class Node:
             return
         now = self.clock.now()
         for ifname, watcher in self.io.arp.items():
-            mine = [v.address.ip for v in self.vips if v.interface == ifname and v.family == 4]
+            mine = [
+                v.address.ip
+                for v in self.vips
+                if v.interface == ifname and isinstance(v.address.ip, IPv4Address)
+            ]
             mac = self.io.vips.mac(ifname)
             for conflict in watcher.read_conflicts(mine, mac):
                 key = str(conflict.ip)
                 if now - self._conflict_answered.get(key, -1e9) < CONFLICT_ANSWER_INTERVAL:
                     continue
-                self._conflict_answered[key] = now
-                self.log.warning("vip_conflict", vip=key, mac=conflict.mac.hex(":"))
-                self.schedule.start(now, "conflict", second_burst=False)
+                self._conflicts.setdefault(key, conflict.mac.hex(":"))
+                if self._conflict_due is None:
+                    self._conflict_due = now + CONFLICT_GRACE
+
+    def _answer_conflict(self) -> None:
+        """After the grace period, log and re-announce if this node is still a MASTER that stays.
+
+        A peer taking over legitimately (preemption, handover) is heard as MASTER within the
+        grace period and this node yields instead of fighting it.
+        """
+        now = self.clock.now()
+        if self._conflict_due is None or now < self._conflict_due:
+            return
+        conflicts, self._conflicts = self._conflicts, {}
+        self._conflict_due = None
+        if self.election.role is not Role.MASTER or self.election.resigning:
+            return
+        for vip, mac in conflicts.items():
+            self._conflict_answered[vip] = now
+            self.log.warning("vip_conflict", vip=vip, mac=mac, action="re-announce")
+        self._announce_logged.discard("conflict")
+        self.schedule.start(now, "conflict", second_burst=False)
 
     # -- fitness -------------------------------------------------------------------------
 
@@ -392,7 +424,7 @@ class Node:
         )
         if action.to_role is not Role.MASTER:
             self.schedule.stop()
-        self._save_state()
+        self.save_state_file()
 
     def _acquire(self, reason: str) -> None:
         for vip in self.vips:
@@ -462,7 +494,8 @@ class Node:
 
     # -- state and status ----------------------------------------------------------------
 
-    def _save_state(self) -> None:
+    def save_state_file(self) -> None:
+        """Persist the boot epoch and replay marks (atomic)."""
         self.state.replay_marks = self.replay.snapshot()
         try:
             save_state(self.state_path, self.state)

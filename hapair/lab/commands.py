@@ -1,0 +1,230 @@
+"""``hapair lab``: build the namespace lab, tear it down, run failure drills."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import TYPE_CHECKING, Any, Final
+
+from hapair.config.duration import parse_duration
+from hapair.lab.nodes import Pair, Timers
+
+if TYPE_CHECKING:
+    from hapair.lab.topology import Lab
+
+_RAW: Final = argparse.RawDescriptionHelpFormatter
+DEFAULT_PREFIX: Final = "hpl"
+DRILL_PREFIX: Final = "hpd"
+
+
+def _need_root(what: str) -> int | None:
+    if os.geteuid() != 0:
+        print(
+            f"hapair lab {what}: needs root (it creates network namespaces and veth links); "
+            f"run it with sudo",
+            file=sys.stderr,
+        )
+        return 2
+    return None
+
+
+def _timers(args: argparse.Namespace) -> Timers:
+    try:
+        interval = parse_duration(args.interval)
+    except ValueError as exc:
+        raise SystemExit(f"hapair lab: --interval: {exc}") from None
+    if interval <= 0 or args.dead_after < 2:
+        raise SystemExit("hapair lab: need --interval > 0 and --dead-after >= 2")
+    return Timers(interval=interval, dead_after=args.dead_after)
+
+
+def _pair(lab: Lab, args: argparse.Namespace) -> Pair:
+    if getattr(args, "keepalived", False):
+        from hapair.lab.keepalived import KeepalivedPair
+
+        kp = KeepalivedPair(lab, lab.hapair.timers)
+        kp.write_configs()
+        return kp
+    pair: Pair = lab.hapair
+    return pair
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Build the lab, start both daemons and leave everything running."""
+    if (status := _need_root("up")) is not None:
+        return status
+    from hapair.lab.topology import Lab
+
+    lab = Lab(args.prefix, timers=_timers(args), ipv6=args.ipv6)
+    lab.trap_signals()
+    try:
+        lab.up()
+        if not args.no_daemons:
+            pair = _pair(lab, args)
+            for node in ("a", "b"):
+                pair.start(node)
+    except BaseException:
+        lab.down()
+        raise
+    print(lab.describe())
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """Remove a lab by prefix, from any process."""
+    if (status := _need_root("down")) is not None:
+        return status
+    from hapair.lab.topology import teardown
+
+    removed = teardown(args.prefix)
+    print(f"removed lab {args.prefix!r}: " + (", ".join(removed) or "nothing was there"))
+    return 0
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    """Build a lab, run the drill N times, print timelines, tear the lab down."""
+    if (status := _need_root("drill")) is not None:
+        return status
+    from hapair.lab.drill import SCENARIOS, DrillOptions, format_result, run_drill
+    from hapair.lab.topology import Lab
+
+    if args.runs < 1:
+        raise SystemExit("hapair lab drill: --runs must be >= 1")
+    scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    lab = Lab(args.prefix, timers=_timers(args))
+    lab.trap_signals()
+    results = []
+    try:
+        lab.up()
+        pair = _pair(lab, args)
+        for node in ("a", "b"):
+            pair.start(node)
+        if not args.json:
+            print(f"lab {args.prefix!r} up in {lab.dir}; {pair.label} running on a and b")
+        for scenario in scenarios:
+            for _ in range(args.runs):
+                result = run_drill(lab, pair, scenario, DrillOptions())
+                results.append(result)
+                if not args.json:
+                    print(format_result(result), flush=True)
+    except BaseException:
+        lab.down()
+        raise
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    if args.keep:
+        print(lab.describe(), file=sys.stderr if args.json else sys.stdout)
+    else:
+        lab.down()
+    return 0 if all(r.recovered or r.skipped for r in results) else 1
+
+
+def register(subparsers: Any) -> None:
+    """Add ``lab`` with its sub-commands to the ``hapair`` command line."""
+    from hapair.lab.drill import DESCRIPTIONS, SCENARIOS
+
+    lab = subparsers.add_parser(
+        "lab",
+        help="a two-node lab in network namespaces, and failure drills",
+        formatter_class=_RAW,
+        description=(
+            "Build a small network on this machine out of network namespaces: a switch,\n"
+            "the two nodes a and b (LAN 10.77.0.11/.12 plus a direct heartbeat cable\n"
+            "192.168.77.1/.2), a client (10.77.0.100) and two backends. The VIP is 10.77.0.50.\n"
+            "Each node runs a tiny service on the VIP (UDP echo :7, HTTP :80) that answers\n"
+            "with its name, so the client sees who holds the VIP. Needs root."
+        ),
+        epilog=(
+            "examples:\n"
+            "  sudo hapair lab up                  # build, start hapair on a and b\n"
+            "  sudo ip netns exec hpl-c curl -s http://10.77.0.50/\n"
+            "  sudo hapair lab down\n"
+            "  sudo hapair lab drill crash         # one failover, timed as a client sees it\n"
+        ),
+    )
+    sub = lab.add_subparsers(dest="lab_command", metavar="SUBCOMMAND", required=True)
+
+    def timer_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--interval", default="200ms", help="heartbeat interval (default 200ms)")
+        p.add_argument(
+            "--dead-after",
+            type=int,
+            default=5,
+            metavar="N",
+            help="missed heartbeats before the peer is dead (default 5)",
+        )
+        p.add_argument(
+            "--keepalived",
+            action="store_true",
+            help="run Debian's keepalived (VRRPv3, unicast) instead of hapair, for comparison",
+        )
+
+    p = sub.add_parser(
+        "up",
+        help="build the lab, start both daemons, and leave it running",
+        formatter_class=_RAW,
+        description=(
+            "Build the lab under PREFIX (namespaces PREFIX-sw, -a, -b, -c, -r1, -r2), write\n"
+            "the node configs and a shared secret into a fresh directory (printed), start the\n"
+            "services and hapair on a and b, print how to look around, and exit. The lab\n"
+            "stays up until `hapair lab down`."
+        ),
+        epilog=(
+            "examples:\n"
+            "  sudo hapair lab up\n"
+            "  sudo hapair lab up --interval 20ms --dead-after 3 --ipv6\n"
+            "  sudo ip netns exec hpl-c ip neigh show 10.77.0.50   # who the client ARPs to\n"
+            "  sudo ip -n hpl-a addr show dev eth0                  # does a hold the VIP?\n"
+        ),
+    )
+    p.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"name prefix ({DEFAULT_PREFIX})")
+    p.add_argument("--ipv6", action="store_true", help="also float fd77::50/64")
+    p.add_argument("--no-daemons", action="store_true", help="build the network only")
+    timer_args(p)
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser(
+        "down",
+        help="remove a lab: its processes, namespaces and directory",
+        formatter_class=_RAW,
+        description=(
+            "Kill every process living in the lab's namespaces, delete the namespaces and\n"
+            "the lab directory. Works from any shell: only the prefix is needed."
+        ),
+        epilog="examples:\n  sudo hapair lab down\n  sudo hapair lab down --prefix hpd",
+    )
+    p.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"name prefix ({DEFAULT_PREFIX})")
+    p.set_defaults(func=cmd_down)
+
+    scenario_help = "\n".join(f"  {name:<10} {DESCRIPTIONS[name]}" for name in SCENARIOS)
+    p = sub.add_parser(
+        "drill",
+        help="run a failure drill and print its timeline",
+        formatter_class=_RAW,
+        description=(
+            "Build a lab, start both daemons, wait for a stable master, start the client\n"
+            "probe (a UDP datagram to VIP:7 every 10 ms), inject the fault at T0, wait for\n"
+            "the survivor to be MASTER and answer the client, print a timeline (ms after\n"
+            "T0) and the figures: outage as the client saw it, probes lost, split-brain\n"
+            "time. Then restore the lab (restart, link up...) and repeat --runs times.\n\n"
+            f"scenarios:\n{scenario_help}\n  all        every scenario in turn"
+        ),
+        epilog=(
+            "examples:\n"
+            "  sudo hapair lab drill crash\n"
+            "  sudo hapair lab drill partition --json\n"
+            "  sudo hapair lab drill all --interval 20ms --dead-after 3 --runs 3\n"
+            "  sudo hapair lab drill kill --keepalived     # the same drill against keepalived\n"
+            "  sudo hapair lab drill linkdown --keep       # leave the lab up to look around\n"
+            "exit status: 0 every run recovered, 1 some did not, 2 not root"
+        ),
+    )
+    p.add_argument("scenario", choices=[*SCENARIOS, "all"], metavar="SCENARIO")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--runs", type=int, default=1, metavar="N", help="repeat N times (1)")
+    p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    p.add_argument("--prefix", default=DRILL_PREFIX, help=f"name prefix ({DRILL_PREFIX})")
+    timer_args(p)
+    p.set_defaults(func=cmd_drill)

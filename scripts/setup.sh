@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up a machine for hapair: the system tools it drives (when missing) and a virtualenv.
+# Idempotent; safe to run again. Needs root for apt-get (skipped when everything is present).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v ping >/dev/null || need+=(iputils-ping)
+command -v arping >/dev/null || need+=(arping)
+if [ "${HAPAIR_WITH_KEEPALIVED:-0}" = 1 ] && ! command -v keepalived >/dev/null \
+   && [ ! -x /usr/sbin/keepalived ]; then
+  need+=(keepalived)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+py=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$py" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q -e '.[dev]'
+echo "setup: ready ($(.venv/bin/python --version), $(.venv/bin/hapair --version))"

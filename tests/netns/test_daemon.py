@@ -1,0 +1,268 @@
+"""The real daemons in the namespace lab: behaviours beyond the drills.
+
+Each test builds its own lab (unique prefix), runs real ``hapair run`` processes in it and
+tears everything down, even on failure. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from hapair.core.roles import Role
+from hapair.lab.nodes import Timers
+from hapair.lab.topology import LAN4, VIP4, VIP6, Lab
+from hapair.wire.heartbeat import Heartbeat, cluster_id, encode, vip_digest
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+]
+
+FAST = Timers(interval=0.05, dead_after=4)
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
+    """Poll ``pred`` until true or ``timeout`` seconds pass (bounded count too)."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / step) + 2):
+        if pred():
+            return True
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(step)
+    return bool(pred())
+
+
+_counter = iter(range(1000))
+
+
+def make_lab(**kw: object) -> Lab:
+    return Lab(f"hd{os.getpid() % 10000}{next(_counter)}", **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    with make_lab(timers=FAST) as lab:
+        yield lab
+
+
+def role(lab: Lab, node: str) -> str | None:
+    status = lab.hapair.status(node)
+    return None if status is None else str(status["role"])
+
+
+def hapair_in(
+    lab: Lab, node: str, *args: str, timeout: float = 20.0
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", lab.ns(node), sys.executable, "-m", "hapair", *args],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def events(lab: Lab, name: str, node: str | None = None) -> list[dict[str, object]]:
+    return [
+        {"ts": e.ts, **e.fields}
+        for e in lab.hapair.events()
+        if e.name == name and (node is None or e.node == node)
+    ]
+
+
+def start_pair(lab: Lab) -> None:
+    lab.hapair.start("a")
+    lab.hapair.start("b")
+    assert wait_for(lambda: lab.vip_holders() == ["a"] and role(lab, "b") == "BACKUP", 10)
+
+
+def set_preempt(lab: Lab, node: str, on: bool) -> None:
+    path = lab.hapair.config_path(node)
+    text = path.read_text()
+    path.write_text(
+        text.replace(f"preempt = {'false' if on else 'true'}", f"preempt = {str(on).lower()}")
+    )
+
+
+# -- start-up and VIP handling -------------------------------------------------------------
+
+
+def test_stale_vip_from_a_crashed_run_is_removed_at_start(lab: Lab) -> None:
+    lab.hapair.start("a")
+    assert wait_for(lambda: lab.vip_holders() == ["a"], 10)
+    lab.exec("b", ["ip", "addr", "add", f"{VIP4}/24", "dev", "eth0"])  # what a crash leaves
+    lab.hapair.start("b")
+    assert wait_for(lambda: lab.vip_holders() == ["a"], 5)
+    assert events(lab, "stale_vip_removed", "b")
+    assert wait_for(lambda: role(lab, "b") == "BACKUP", 5)
+
+
+def test_vip_removed_behind_the_daemons_back_is_restored(lab: Lab) -> None:
+    start_pair(lab)
+    lab.exec("a", ["ip", "addr", "del", f"{VIP4}/24", "dev", "eth0"])
+    assert wait_for(lambda: lab.has_vip("a") and bool(events(lab, "vip_restored", "a")), 5)
+    assert events(lab, "vip_removed_externally", "a")
+
+
+def test_release_removes_vips_and_is_idempotent(lab: Lab) -> None:
+    lab.hapair.start("a")
+    assert wait_for(lambda: lab.has_vip("a"), 10)
+    lab.hapair.kill("a")  # SIGKILL leaves the VIP configured in the kernel
+    assert lab.has_vip("a")
+    first = hapair_in(lab, "a", "release", "-c", str(lab.hapair.config_path("a")))
+    assert first.returncode == 0, first.stderr
+    assert f"removed {VIP4}/24" in first.stdout
+    assert not lab.has_vip("a")
+    again = hapair_in(lab, "a", "release", "-c", str(lab.hapair.config_path("a")))
+    assert again.returncode == 0 and "nothing to release" in again.stdout
+
+
+# -- election behaviour with real daemons ------------------------------------------------------
+
+
+@pytest.mark.parametrize("preempt", [False, True])
+def test_restarted_higher_node_preempts_only_when_allowed(preempt: bool) -> None:
+    with make_lab(timers=FAST) as lab:
+        for node in ("a", "b"):
+            set_preempt(lab, node, preempt)
+        lab.hapair.start("b")
+        assert wait_for(lambda: lab.vip_holders() == ["b"], 10)
+        lab.hapair.start("a")  # priority 150 > 100
+        if preempt:
+            assert wait_for(lambda: lab.vip_holders() == ["a"], 5)
+            assert wait_for(lambda: role(lab, "b") == "BACKUP", 5)
+        else:
+            time.sleep(10 * FAST.interval * FAST.dead_after)
+            assert lab.vip_holders() == ["b"]
+            assert role(lab, "a") == "BACKUP"
+
+
+def test_ipv6_vip_fails_over_and_unsolicited_na_moves_the_client() -> None:
+    with make_lab(timers=FAST, ipv6=True) as lab:
+        start_pair(lab)
+        assert wait_for(lambda: lab.has_vip("a", VIP6), 5)
+        poke = (
+            "import socket;s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM);s.sendto(b'x',('%s',9))"
+            % VIP6
+        )
+        lab.exec("c", [sys.executable, "-c", poke])
+
+        def client_mac() -> str | None:
+            out = lab.exec("c", ["ip", "-j", "-6", "neigh", "show", VIP6]).stdout
+            entries = json.loads(out or "[]")
+            return entries[0].get("lladdr") if entries else None
+
+        mac_a = json.loads(lab.exec("a", ["ip", "-j", "link", "show", "eth0"]).stdout)[0]["address"]
+        mac_b = json.loads(lab.exec("b", ["ip", "-j", "link", "show", "eth0"]).stdout)[0]["address"]
+        assert wait_for(lambda: client_mac() == mac_a, 5)
+        lab.hapair.kill("a")
+        lab.set_host_links("a", up=False)  # a dead host: it cannot answer anything
+        assert wait_for(lambda: lab.has_vip("b", VIP6), 5)
+        # The client sent nothing: only the unsolicited NA can have updated its cache.
+        assert wait_for(lambda: client_mac() == mac_b, 3)
+
+
+# -- authentication and replay ----------------------------------------------------------------
+
+
+def _send_from_client(lab: Lab, packets: list[bytes], dest: str) -> None:
+    code = (
+        "import socket,sys,binascii\n"
+        "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+        "for h in sys.argv[2:]:\n"
+        "    s.sendto(binascii.unhexlify(h),(sys.argv[1],694))\n"
+    )
+    lab.exec("c", [sys.executable, "-c", code, dest, *(p.hex() for p in packets)])
+
+
+def test_forged_and_replayed_heartbeats_change_nothing(lab: Lab) -> None:
+    start_pair(lab)
+    key = base64.b64decode((lab.dir / "secret").read_text())
+    state = json.loads(next((lab.dir / "a").glob("*.state")).read_text())
+    cid = cluster_id(f"lab-{lab.prefix}")
+
+    def resign(seq: int, epoch: int, signing_key: bytes) -> bytes:
+        hb = Heartbeat(
+            cluster_id=cid, node="a", role=Role.MASTER, base_priority=150,
+            effective_priority=150, resigning=True, term=1, seq=seq, boot_epoch=epoch,
+            interval_ms=50, vip_digest=vip_digest([f"{VIP4}/24"]),
+        )  # fmt: skip
+        return encode(hb, signing_key)
+
+    forged = resign(10**12, state["boot_epoch"], b"\x00" * 32)  # wrong key
+    replayed = resign(1, state["boot_epoch"], key)  # genuine key, a sequence already used
+    stale_epoch = resign(10**12, state["boot_epoch"] - 1, key)  # an older boot of a
+    _send_from_client(lab, [forged, replayed, stale_epoch, b"garbage", b"\x00" * 500], LAN4["b"])
+    time.sleep(10 * FAST.interval)
+    assert lab.vip_holders() == ["a"]
+    assert role(lab, "b") == "BACKUP" and role(lab, "a") == "MASTER"
+    status = lab.hapair.status("b")
+    assert status is not None
+    rejected = status["rejected"]
+    assert isinstance(rejected, dict)
+    assert rejected.get("bad_mac", 0) >= 1
+    assert rejected.get("replay", 0) >= 2
+    assert rejected.get("truncated", 0) >= 1 and rejected.get("oversized", 0) >= 1
+    # Logged once per reason, then only counted.
+    reasons = [e["reason"] for e in events(lab, "heartbeat_rejected", "b")]
+    assert len(reasons) == len(set(reasons))
+
+
+# -- bad input and failure at start ------------------------------------------------------------
+
+
+def test_missing_interface_is_a_config_error_naming_the_key(lab: Lab) -> None:
+    cfg = lab.hapair.config_path("a")
+    bad = cfg.with_name("bad.toml")
+    bad.write_text(cfg.read_text().replace('interface = "eth0"', 'interface = "eth9"'))
+    proc = hapair_in(lab, "a", "run", "-c", str(bad))
+    assert proc.returncode == 2
+    assert "vip[0].interface" in proc.stderr and "eth9" in proc.stderr
+    assert not lab.has_vip("a")
+
+
+def test_second_daemon_for_the_same_node_fails_and_leaves_the_first_alone(lab: Lab) -> None:
+    lab.hapair.start("a")
+    assert wait_for(lambda: lab.has_vip("a"), 10)
+    proc = hapair_in(lab, "a", "run", "-c", str(lab.hapair.config_path("a")))
+    assert proc.returncode == 1
+    assert "cluster.port" in proc.stderr and "in use" in proc.stderr
+    assert lab.has_vip("a") and role(lab, "a") == "MASTER"
+
+
+def test_without_capabilities_it_says_which_are_missing(lab: Lab) -> None:
+    proc = subprocess.run(
+        ["ip", "netns", "exec", lab.ns("a"), "setpriv", "--bounding-set=-net_admin,-net_raw",
+         sys.executable, "-m", "hapair", "run", "-c", str(lab.hapair.config_path("a"))],
+        capture_output=True, text=True, timeout=20, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "CAP_NET_ADMIN" in proc.stderr and "CAP_NET_RAW" in proc.stderr
+    assert not lab.has_vip("a")
+
+
+def test_sigterm_on_master_hands_over_without_loss_and_exits_quickly(lab: Lab) -> None:
+    start_pair(lab)
+    t0 = time.monotonic()
+    lab.hapair.terminate("a")
+    took = time.monotonic() - t0
+    assert took < 1.5  # the daemon exits within 1 s (plus process start-up slack)
+    assert wait_for(lambda: lab.vip_holders() == ["b"], 2)
+    reasons = [e.get("reason") for e in events(lab, "role_changed", "b")]
+    assert "peer_resigned" in reasons
+
+
+def test_handover_cli_returns_when_peer_is_master(lab: Lab) -> None:
+    start_pair(lab)
+    proc = hapair_in(lab, "a", "handover", "-c", str(lab.hapair.config_path("a")))
+    assert proc.returncode == 0, proc.stderr
+    assert "b is MASTER" in proc.stdout
+    assert lab.vip_holders() == ["b"]
+    refused = hapair_in(lab, "a", "handover", "-c", str(lab.hapair.config_path("a")))
+    assert refused.returncode == 1 and "not MASTER" in refused.stderr

@@ -1,0 +1,60 @@
+"""End-to-end drills against real hapair daemons in the namespace lab (correctness, not speed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from hapair.lab.drill import DrillOptions, format_result, run_drill
+from hapair.lab.nodes import PEER, Timers
+from hapair.lab.topology import NODES, Lab
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("hapair.runtime.daemon") is None, reason="no hapair daemon yet"
+    ),
+]
+
+PREFIX = f"hpd{os.getpid() % 100000}"
+TIMERS = Timers(interval=0.1, dead_after=5)
+# Generous: these prove the failover happens and the client gets answers again, not how fast.
+OUTAGE_BOUND_MS = (TIMERS.dead_time + 3.0) * 1000
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab(PREFIX, timers=TIMERS) as built:
+        for node in NODES:
+            built.start_node(node)
+        yield built
+
+
+@pytest.mark.parametrize("scenario", ["crash", "kill", "linkdown", "handover", "sigterm"])
+def test_survivor_takes_over_and_the_client_is_answered(lab: Lab, scenario: str) -> None:
+    result = run_drill(lab, lab.hapair, scenario, DrillOptions())
+    text = format_result(result)
+    assert result.recovered, text
+    assert result.new_master == PEER[result.old_master], text
+    assert result.outage_ms < OUTAGE_BOUND_MS, text
+    assert result.split_brain_ms == 0.0, text
+    if scenario == "kill":
+        assert result.stale_vip_ms is not None, text
+    if scenario == "handover":
+        # Make-before-break: a planned switchover should cost the client (almost) nothing.
+        assert result.outage_ms < 1000, text
+
+
+def test_partition_makes_two_masters_then_heals_to_one(lab: Lab) -> None:
+    result = run_drill(lab, lab.hapair, "partition", DrillOptions())
+    text = format_result(result)
+    assert result.dual_master_ms > 0, text
+    assert result.recovered, text
+    assert result.new_master in NODES, text
+    assert result.heal_to_answer_ms is not None, text
+    assert result.heal_to_answer_ms < OUTAGE_BOUND_MS, text
+    assert result.outage_ms < OUTAGE_BOUND_MS, text
