@@ -148,8 +148,8 @@ def test_ipv6_vip_fails_over_and_unsolicited_na_moves_the_client() -> None:
         start_pair(lab)
         assert wait_for(lambda: lab.has_vip("a", VIP6), 5)
         poke = (
-            "import socket;s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM);s.sendto(b'x',('%s',9))"
-            % VIP6
+            "import socket;s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM);"
+            f"s.sendto(b'x',('{VIP6}',9))"
         )
         lab.exec("c", [sys.executable, "-c", poke])
 

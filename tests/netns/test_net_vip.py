@@ -354,6 +354,13 @@ def test_unsolicited_na_updates_existing_neighbour_entry(lab: Lab) -> None:
     wait_for("B to learn the VIP6's new MAC", lambda: lladdr_of(lab, str(ip)) == r["mac"])
 
 
+def test_announcer_recovers_when_interface_is_recreated(lab: Lab) -> None:
+    r = run_scenario(lab, "announce_recreated")
+    assert r["before"] == 2
+    assert r["while_gone"] == "cannot announce 198.51.100.50/24 on hx0: No such device [ENODEV]"
+    assert r["after"] == 2  # same name, new ifindex: the stale cached socket was replaced
+
+
 def test_netlink_watcher_reports_address_and_carrier_changes(lab: Lab) -> None:
     r = run_scenario(lab, "netlink_watch")
     assert r["first_read"] == []
@@ -493,6 +500,30 @@ def _scenario_announce(p: dict[str, Any]) -> dict[str, Any]:
         m.close()
 
 
+def _scenario_announce_recreated(p: dict[str, Any]) -> dict[str, Any]:
+    vip = Vip(ip_interface("198.51.100.50/24"), "hx0")  # RFC 5737 TEST-NET-2, inside A only
+
+    def make() -> None:
+        sh("ip", "link", "add", "hx0", "type", "veth", "peer", "name", "hx1")
+        sh("ip", "link", "set", "hx1", "up")
+        sh("ip", "link", "set", "hx0", "up")
+
+    announcer = Announcer()
+    try:
+        make()
+        out: dict[str, Any] = {"before": announcer.announce(vip)}
+        sh("ip", "link", "del", "hx0")
+        try:
+            out["while_gone"] = announcer.announce(vip)
+        except VipError as exc:
+            out["while_gone"] = str(exc)
+        make()
+        out["after"] = announcer.announce(vip)
+        return out
+    finally:
+        announcer.close()
+
+
 def _event_json(ev: NetEvent) -> list[object]:
     if isinstance(ev, AddressAdded):
         return ["added", ev.interface, ev.address.with_prefixlen]
@@ -627,6 +658,7 @@ SCENARIOS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "vip_idempotent": _scenario_vip_idempotent,
     "vip_nodad": _scenario_vip_nodad,
     "announce": _scenario_announce,
+    "announce_recreated": _scenario_announce_recreated,
     "netlink_watch": _scenario_netlink_watch,
     "netlink_overrun": _scenario_netlink_overrun,
     "arp_watch": _scenario_arp_watch,
