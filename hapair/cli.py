@@ -60,12 +60,24 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(config: str) -> dict[str, Any]:
+def control_socket(config: str) -> Path:
+    """The running daemon's socket, even while the file on disk has an error being edited."""
     from hapair.config import load_config
+    from hapair.config.load import socket_path_hint
+
+    try:
+        return load_config(config, check_secret=False).control_socket_path
+    except ConfigError:
+        hint = socket_path_hint(config)
+        if hint is None:
+            raise
+        return hint
+
+
+def _status(config: str) -> dict[str, Any]:
     from hapair.runtime.control import request
 
-    cfg = load_config(config, check_secret=False)
-    reply = request(cfg.control_socket_path, {"cmd": "status"})
+    reply = request(control_socket(config), {"cmd": "status"})
     if not reply.get("ok"):
         raise HapairError(f"status failed: {reply.get('error')}")
     status: dict[str, Any] = reply["status"]
@@ -118,12 +130,15 @@ def cmd_handover(args: argparse.Namespace) -> int:
     from hapair.config import load_config
     from hapair.runtime.control import request
 
-    cfg = load_config(args.config, check_secret=False)
-    reply = request(cfg.control_socket_path, {"cmd": "handover"})
+    reply = request(control_socket(args.config), {"cmd": "handover"})
     if not reply.get("ok"):
         print(f"hapair handover: refused: {reply.get('error')}", file=sys.stderr)
         return 1
-    bound = args.timeout if args.timeout is not None else cfg.dead_time + 2.0
+    try:
+        dead_time = load_config(args.config, check_secret=False).dead_time
+    except ConfigError:
+        dead_time = 10.0
+    bound = args.timeout if args.timeout is not None else dead_time + 2.0
     deadline = time.monotonic() + bound
     while time.monotonic() < deadline:
         s = _status(args.config)
@@ -303,4 +318,4 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 
 
-__all__ = ["Path", "build_parser", "main"]
+__all__ = ["build_parser", "main"]

@@ -18,6 +18,7 @@ from pydantic_core import ErrorDetails
 from hapair.config.model import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_SECRET_PATH,
+    DEFAULT_STATE_DIR,
     Config,
     Problems,
     toml_repr,
@@ -286,3 +287,21 @@ def _join(prefix: str, relative: str) -> str:
     if not prefix:
         return relative
     return prefix + relative if relative.startswith("[") else f"{prefix}.{relative}"
+
+
+def socket_path_hint(path: str | Path) -> Path | None:
+    """The control socket a file names, read leniently (for status while the file is broken).
+
+    Only ``cluster.name``, ``node.name`` and ``[runtime]`` are consulted; None if even those
+    cannot be read.
+    """
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        cluster, node = data["cluster"]["name"], data["node"]["name"]
+        runtime = data.get("runtime", {})
+        if "control_socket" in runtime:
+            return Path(runtime["control_socket"])
+        state_dir = Path(runtime.get("state_dir", str(DEFAULT_STATE_DIR)))
+        return state_dir / f"{cluster}-{node}.sock"
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError):
+        return None

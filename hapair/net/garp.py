@@ -153,6 +153,9 @@ class Announcer:
         sock = self._socket(vip.interface)
         # Read the MAC at send time: it is whatever the interface has now.
         _name, _proto, _pkttype, hatype, mac = sock.getsockname()
+        if not mac:
+            # No hardware address: the ifindex this socket was bound to no longer exists.
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
         if hatype != ARPHRD_ETHER or len(mac) != MAC_LEN:
             raise VipError(f"cannot announce {vip}: {vip.interface} is not an Ethernet interface")
         frames = announcement_frames(vip, mac)

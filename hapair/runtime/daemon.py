@@ -24,7 +24,7 @@ from hapair.net.vip import VipManager
 from hapair.net.watch import ArpWatcher, NetlinkWatcher
 from hapair.runtime.clock import MonotonicClock
 from hapair.runtime.control import ControlServer, is_live
-from hapair.runtime.node import Adapters, Node, election_settings, vips_of
+from hapair.runtime.node import Adapters, Node, vips_of
 from hapair.runtime.state import load_state, next_boot_epoch, save_state
 
 CAP_NET_ADMIN: Final = 12
@@ -200,8 +200,7 @@ class Daemon:
         self.cfg = new
         node.cfg = new
         node.key = key
-        node.io.transport.set_peers(new.cluster.peers)
-        node._perform(node.election.reconfigure(election_settings(new), node.clock.now()))
+        node.reconfigure(new)
         self.log.info("config_reloaded", source=self.config_path)
         return {"ok": True}
 

@@ -161,6 +161,19 @@ class Node:
         """Reader callback: something is readable."""
         self._wake.set()
 
+    def reconfigure(self, cfg: Config) -> None:
+        """Adopt a validated new configuration (same node, cluster, port and VIPs)."""
+        now = self.clock.now()
+        old = self.cfg
+        self.cfg = cfg
+        self.io.transport.set_peers(cfg.cluster.peers)
+        self.schedule.timers = announce_timers(cfg)
+        if cfg.track != old.track:
+            self.checks = build_checks(cfg.track, now)
+            self._initial_fitness()
+        self._perform(self.election.reconfigure(election_settings(cfg), now))
+        self._refresh_fitness()
+
     def request_handover(self) -> str | None:
         """Run a handover request now; return the refusal reason, or None if it started."""
         actions = self.election.handle(HandoverRequested(), self.clock.now())

@@ -7,8 +7,10 @@ tears everything down, even on failure. Every wait is bounded.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -266,3 +268,91 @@ def test_handover_cli_returns_when_peer_is_master(lab: Lab) -> None:
     assert lab.vip_holders() == ["b"]
     refused = hapair_in(lab, "a", "handover", "-c", str(lab.hapair.config_path("a")))
     assert refused.returncode == 1 and "not MASTER" in refused.stderr
+
+
+# -- stalls, tracking, conflicts, reload ------------------------------------------------------
+
+
+def test_stalled_backup_reads_pending_heartbeats_before_its_late_timer(lab: Lab) -> None:
+    start_pair(lab)
+    pid = lab.hapair.pids("b")[0]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(4 * FAST.dead_time)  # b's dead timer is long overdue when it wakes
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    time.sleep(10 * FAST.interval)
+    assert lab.vip_holders() == ["a"]
+    assert not [e for e in events(lab, "role_changed", "b") if e["to_role"] == "MASTER"]
+
+
+def test_failing_track_lowers_priority_and_the_peer_preempts(lab: Lab) -> None:
+    flag = lab.dir / "a-healthy"
+    flag.touch()
+    cfg = lab.hapair.config_path("a")
+    cfg.write_text(
+        cfg.read_text().replace(
+            "[runtime]",
+            f'[[track]]\nkind = "command"\ncommand = ["test", "-e", "{flag}"]\n'
+            'weight = 60\ninterval = "50ms"\ntimeout = "50ms"\nrise = 1\nfall = 2\n\n[runtime]',
+        )
+    )
+    start_pair(lab)
+    flag.unlink()  # a: 150 - 60 = 90 < b's 100
+    assert wait_for(lambda: lab.vip_holders() == ["b"], 5)
+    status = lab.hapair.status("a")
+    assert status is not None and status["priority"] == {"base": 150, "effective": 90}
+    flag.touch()  # recovered: a preempts back
+    assert wait_for(lambda: lab.vip_holders() == ["a"], 5)
+
+
+def test_foreign_arp_claim_is_answered_with_a_fresh_announcement(lab: Lab) -> None:
+    from hapair.net.garp import build_arp
+
+    start_pair(lab)
+    intruder = bytes.fromhex("020000bad001")
+    frame = build_arp(intruder, ipaddress.IPv4Address(VIP4), "reply")
+    code = (
+        "import socket,sys,binascii\n"
+        "s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n"
+        "s.bind(('eth0',0))\n"
+        "s.send(binascii.unhexlify(sys.argv[1]))\n"
+    )
+    lab.exec("r1", [sys.executable, "-c", code, frame.hex()])
+    assert wait_for(lambda: bool(events(lab, "vip_conflict", "a")), 3)
+    conflict = events(lab, "vip_conflict", "a")[0]
+    assert conflict["mac"] == "02:00:00:ba:d0:01"
+    bursts = [e for e in events(lab, "garp_sent", "a") if e["burst"] == "conflict"]
+    assert bursts and float(bursts[0]["ts"]) >= float(conflict["ts"])  # type: ignore[arg-type]
+    assert lab.vip_holders() == ["a"]
+
+
+def test_sighup_reload_applies_a_valid_file_and_keeps_the_old_on_error(lab: Lab) -> None:
+    start_pair(lab)
+    cfg = lab.hapair.config_path("a")
+    good = cfg.read_text()
+    cfg.write_text(good.replace("priority = 150", "priority = 120"))
+    os.kill(lab.hapair.pids("a")[0], signal.SIGHUP)
+    assert wait_for(lambda: bool(events(lab, "config_reloaded", "a")), 3)
+    status = lab.hapair.status("a")
+    assert status is not None and status["priority"]["base"] == 120  # type: ignore[index]
+    cfg.write_text(good.replace("priority = 150", "priority = 999"))
+    os.kill(lab.hapair.pids("a")[0], signal.SIGHUP)
+    assert wait_for(lambda: bool(events(lab, "config_reload_failed", "a")), 3)
+    assert "node.priority" in str(events(lab, "config_reload_failed", "a")[0]["error"])
+    status = lab.hapair.status("a")
+    assert status is not None and status["priority"]["base"] == 120  # type: ignore[index]
+    assert lab.vip_holders() == ["a"]  # the VIP never moved
+
+
+def test_unreachable_peer_is_a_runtime_error_naming_it(lab: Lab) -> None:
+    cfg = lab.hapair.config_path("a")
+    bad = cfg.with_name("unroutable.toml")
+    text = cfg.read_text()
+    start = text.index("peers = ")
+    end = text.index("\n", start)
+    bad.write_text(text[:start] + 'peers = ["10.254.0.1"]' + text[end:])
+    proc = hapair_in(lab, "a", "run", "-c", str(bad))
+    assert proc.returncode == 1
+    assert "cluster.peers[0]" in proc.stderr and "10.254.0.1" in proc.stderr
+    assert not lab.has_vip("a")
