@@ -7,6 +7,9 @@ timeline relative to T0 and restores the lab so the drill can run again.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -290,8 +293,15 @@ def _killed(d: Drill) -> None:
 
 
 def _crash(d: Drill, probe: ProbeRun) -> bool:
-    _killed(d)
+    # Signal first and reap later: reaping takes tens of ms, and a dead host is gone at once;
+    # a daemon still alive when its links drop would react to the carrier loss instead.
+    at = time.time()
+    for pid in d.pair.pids(d.master):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     d.lab.set_host_links(d.master, up=False)
+    d.pair.kill(d.master)
+    d.synthetic.append(Event(d.master, at, "daemon_stopped", {"reason": "SIGKILL"}))
     return True
 
 

@@ -1,0 +1,123 @@
+"""Small pure pieces: announcement schedule, hysteresis, fitness, invariants."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hapair.core.announce import AnnounceSchedule, AnnounceTimers
+from hapair.core.hysteresis import Hysteresis
+from hapair.core.invariants import NodeView, check_invariants
+from hapair.core.priority import compute_fitness
+from hapair.core.roles import Role
+
+# -- announcements ---------------------------------------------------------------------------
+
+
+def drain(s: AnnounceSchedule, until: float) -> list[tuple[float, str]]:
+    out: list[tuple[float, str]] = []
+    for _ in range(10_000):
+        nxt = s.next_deadline()
+        if nxt is None or nxt > until:
+            break
+        out += [(nxt, r) for r in s.due(nxt)]
+    return out
+
+
+def test_takeover_burst_second_burst_and_refresh() -> None:
+    s = AnnounceSchedule(AnnounceTimers(burst=3, spacing=0.01, second_burst_delay=2.0, refresh=10))
+    s.start(100.0, "takeover")
+    sent = drain(s, 125.0)
+    assert [r for _, r in sent] == ["takeover"] * 3 + ["second"] * 3 + ["refresh"] * 2
+    assert [round(t, 3) for t, _ in sent] == [100.0, 100.01, 100.02, 102.0, 102.01, 102.02,
+                                               110.0, 120.0]  # fmt: skip
+
+
+def test_stop_forgets_everything_and_zero_disables() -> None:
+    s = AnnounceSchedule(AnnounceTimers(burst=2, spacing=0.01, second_burst_delay=0, refresh=0))
+    s.start(0.0, "takeover")
+    assert [r for _, r in drain(s, 100.0)] == ["takeover", "takeover"]
+    assert s.next_deadline() is None
+    s.start(200.0, "conflict")
+    s.stop()
+    assert s.next_deadline() is None and s.due(1e9) == []
+
+
+def test_restarting_a_burst_replaces_the_pending_one() -> None:
+    s = AnnounceSchedule(AnnounceTimers(burst=5, spacing=0.01, second_burst_delay=0, refresh=0))
+    s.start(0.0, "conflict", second_burst=False)
+    s.start(0.005, "conflict", second_burst=False)
+    assert len(drain(s, 1.0)) == 5
+
+
+# -- hysteresis ------------------------------------------------------------------------------
+
+
+def test_hysteresis_needs_fall_failures_and_rise_successes() -> None:
+    h = Hysteresis(rise=2, fall=3)
+    assert [h.record(False) for _ in range(3)] == [False, False, True] and not h.up
+    assert [h.record(True), h.record(False), h.record(True), h.record(True)] == [
+        False, False, False, True,
+    ]  # fmt: skip
+    assert h.up
+
+
+def test_hysteresis_rejects_zero() -> None:
+    with pytest.raises(ValueError):
+        Hysteresis(rise=0, fall=1)
+
+
+@given(st.lists(st.booleans(), max_size=60), st.integers(1, 5), st.integers(1, 5))
+def test_hysteresis_flips_only_after_a_full_streak(
+    results: list[bool], rise: int, fall: int
+) -> None:
+    h = Hysteresis(rise, fall)
+    streak_state, streak = True, 0
+    for ok in results:
+        streak = streak + 1 if ok == streak_state else 1
+        streak_state = ok
+        before = h.up
+        changed = h.record(ok)
+        if changed:
+            assert h.up == ok != before
+            assert streak >= (rise if ok else fall)
+
+
+# -- fitness ---------------------------------------------------------------------------------
+
+
+def test_fitness_subtracts_weights_and_clamps() -> None:
+    assert compute_fitness(150, []).effective_priority == 150
+    assert compute_fitness(150, [("gw", 60)]).effective_priority == 90
+    assert compute_fitness(50, [("gw", 60), ("app", 60)]).effective_priority == 1
+    f = compute_fitness(150, [("gw", 10), ("link", "fault")])
+    assert f.fault and f.effective_priority == 0 and "link" in f.reason
+
+
+@given(
+    st.integers(1, 254),
+    st.lists(st.tuples(st.text(min_size=1, max_size=5), st.integers(1, 253)), max_size=6),
+)
+def test_fitness_is_recomputed_not_counted(base: int, failing: list[tuple[str, int]]) -> None:
+    """The same set of failing checks always gives the same priority, in any order."""
+    forward = compute_fitness(base, failing)
+    backward = compute_fitness(base, list(reversed(failing)))
+    assert forward == backward
+    assert 1 <= forward.effective_priority <= base
+    assert compute_fitness(base, []).effective_priority == base
+
+
+# -- invariants ------------------------------------------------------------------------------
+
+
+def test_invariants_catch_each_violation() -> None:
+    ok = [NodeView("a", Role.MASTER, True), NodeView("b", Role.BACKUP, False)]
+    assert check_invariants(ok, 10.0, 0.3) == []
+    assert check_invariants([NodeView("a", Role.MASTER, False)], 0, 0.3)
+    assert check_invariants([NodeView("a", Role.FAULT, True)], 0, 0.3)
+    two = [NodeView("a", Role.MASTER, True), NodeView("b", Role.MASTER, True)]
+    assert check_invariants(two, 0.2, 0.3) == []  # make-before-break window
+    assert check_invariants(two, 0.4, 0.3)
+    crashed = [NodeView("a", Role.MASTER, True, running=False), NodeView("b", Role.MASTER, True)]
+    assert check_invariants(crashed, 5.0, 0.3) == []
