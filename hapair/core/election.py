@@ -242,8 +242,16 @@ class Election:
             peer.vip_digest = hb.vip_digest
             peer.last_heard = now
         peer.links[hb.link] = now
-        if hb.term > self.term and self.role is not Role.MASTER:
-            self.term = hb.term
+        if hb.term > self.term:
+            if self.role is Role.MASTER and hb.role is not Role.MASTER and not hb.resigning:
+                # The peer took over after us while we could not hear each other, and has
+                # already yielded: clients may still have its MAC, so announce ours now.
+                out.append(SplitBrain(hb.node, "peer held the VIP with a newer term; it yielded"))
+                out.append(Announce("split_brain"))
+                out.append(SendHeartbeat("split_brain"))
+                self.term = hb.term + 1
+            elif self.role is not Role.MASTER:
+                self.term = hb.term
 
     def _on_fitness(self, ev: FitnessChanged, now: float, out: list[Action]) -> None:
         changed = ev.effective_priority != self.effective_priority or ev.fault != self.fault
@@ -408,6 +416,7 @@ class Election:
             # other MAC come back, and tell the peer now rather than at the next interval.
             out.append(SplitBrain(peer.node, "another master heard; it has lower rank and yields"))
             out.append(Announce("split_brain"))
+            self.term = max(self.term, peer.term) + 1
             out.append(SendHeartbeat("split_brain"))
         if self._resign_until is not None and now >= self._resign_until:
             self._resign_until = None

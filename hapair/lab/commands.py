@@ -92,6 +92,10 @@ def cmd_drill(args: argparse.Namespace) -> int:
 
     if args.runs < 1:
         raise SystemExit("hapair lab drill: --runs must be >= 1")
+    try:
+        release_delay = parse_duration(args.release_delay)
+    except ValueError as exc:
+        raise SystemExit(f"hapair lab drill: --release-delay: {exc}") from None
     scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     lab = Lab(args.prefix, timers=_timers(args))
     lab.trap_signals()
@@ -105,7 +109,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
             print(f"lab {args.prefix!r} up in {lab.dir}; {pair.label} running on a and b")
         for scenario in scenarios:
             for _ in range(args.runs):
-                result = run_drill(lab, pair, scenario, DrillOptions())
+                options = DrillOptions(release_delay=release_delay)
+                result = run_drill(lab, pair, scenario, options)
                 results.append(result)
                 if not args.json:
                     print(format_result(result), flush=True)
@@ -225,6 +230,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument("--runs", type=int, default=1, metavar="N", help="repeat N times (1)")
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    p.add_argument(
+        "--release-delay",
+        default="0s",
+        metavar="DURATION",
+        help="kill: wait this long before the ExecStopPost release (default 0s, as systemd)",
+    )
     p.add_argument("--prefix", default=DRILL_PREFIX, help=f"name prefix ({DRILL_PREFIX})")
     timer_args(p)
     p.set_defaults(func=cmd_drill)

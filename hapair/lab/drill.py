@@ -158,29 +158,42 @@ class Drill:
         """Inject, wait for recovery, measure, restore; return the result."""
         probe = ProbeRun(self.lab, VIP4)
         try:
-            # Let the client see the current master before the fault, so loss is the fault's.
-            if not shell.wait_until(
-                lambda: probe.answered_by(self.master, after=0.0), timeout=5.0, step=0.02
-            ):
-                raise LabError(f"client gets no answer from master {self.master} before the fault")
-            time.sleep(0.2)
-            self.t0 = time.time()
-            self.mark(self.t0, f"fault: {DESCRIPTIONS[self.scenario]}", self.master)
-            if not INJECT[self.scenario](self, probe):
-                self.result.skipped = True
-                return self.result
-            winner = self._await_recovery(probe)
-            time.sleep(self.opt.tail)
-        finally:
-            samples = probe.stop()
-            t_end = time.time()
-        self._measure(samples, winner, t_end)
+            winner = self._inject_and_wait(probe)
+        except BaseException:
+            # Leave the lab usable for the next run even when this one blew up.
+            with contextlib.suppress(Exception):
+                probe.stop()
+            if self.t0 and self.opt.restore:
+                with contextlib.suppress(Exception):
+                    self._restore()
+            raise
+        samples = probe.stop()
+        if self.result.skipped:
+            return self.result
+        self._measure(samples, winner, time.time())
         if self.opt.restore:
-            RESTORE.get(self.scenario, _no_restore)(self)
-            wait_stable_master(
-                self.lab, self.pair, timeout=self.opt.stable_timeout, settle=self.settle
-            )
+            self._restore()
         return self.result
+
+    def _inject_and_wait(self, probe: ProbeRun) -> str | None:
+        # Let the client see the current master before the fault, so loss is the fault's.
+        if not shell.wait_until(
+            lambda: probe.answered_by(self.master, after=0.0), timeout=5.0, step=0.02
+        ):
+            raise LabError(f"client gets no answer from master {self.master} before the fault")
+        time.sleep(0.2)
+        self.t0 = time.time()
+        self.mark(self.t0, f"fault: {DESCRIPTIONS[self.scenario]}", self.master)
+        if not INJECT[self.scenario](self, probe):
+            self.result.skipped = True
+            return None
+        winner = self._await_recovery(probe)
+        time.sleep(self.opt.tail)
+        return winner
+
+    def _restore(self) -> None:
+        RESTORE.get(self.scenario, _no_restore)(self)
+        wait_stable_master(self.lab, self.pair, timeout=self.opt.stable_timeout, settle=self.settle)
 
     def _await_recovery(self, probe: ProbeRun) -> str | None:
         since = self.heal_at if self.heal_at is not None else self.t0
@@ -372,6 +385,11 @@ def _restore_link(d: Drill) -> None:
     d.lab.set_lan(d.master, up=True)
 
 
+def _restore_partition(d: Drill) -> None:
+    # Normally healed already; removing absent blackholes is a no-op.
+    d.lab.partition(heal=True)
+
+
 INJECT: Final[dict[str, Callable[[Drill, ProbeRun], bool]]] = {
     "crash": _crash,
     "kill": _kill,
@@ -385,6 +403,7 @@ RESTORE: Final[dict[str, Callable[[Drill], None]]] = {
     "kill": _restore_restart,
     "sigterm": _restore_restart,
     "linkdown": _restore_link,
+    "partition": _restore_partition,
 }
 
 

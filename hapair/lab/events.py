@@ -98,6 +98,37 @@ def read_events(node: str, path: Path, *, keepalived: bool = False) -> list[Even
     return _fill_from_role(events) if keepalived else events
 
 
+class LogFollower:
+    """Incremental reader of one node's log: each call parses only what was appended."""
+
+    def __init__(self, node: str, path: Path, *, keepalived: bool = False) -> None:
+        self.node, self.path, self.keepalived = node, path, keepalived
+        self._offset = 0
+        self._events: list[Event] = []
+
+    def events(self) -> list[Event]:
+        """Return every event so far, in time order."""
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read(MAX_LOG_BYTES)
+        except FileNotFoundError:
+            return list(self._events)
+        # Only complete lines: the writer may be half-way through one.
+        end = data.rfind(b"\n") + 1
+        if end:
+            self._offset += end
+            parse = parse_keepalived_line if self.keepalived else parse_json_line
+            for raw in data[:end].decode("utf-8", errors="replace").splitlines():
+                ev = parse(self.node, raw)
+                if ev is not None:
+                    self._events.append(ev)
+            self._events.sort(key=lambda ev: ev.ts)
+            if self.keepalived:
+                self._events = _fill_from_role(self._events)
+        return list(self._events)
+
+
 def _fill_from_role(events: list[Event]) -> list[Event]:
     # keepalived logs only the new state; derive the old one from the previous transition.
     role = "INIT"

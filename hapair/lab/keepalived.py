@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from hapair.lab import shell
-from hapair.lab.events import Event, current_role, first, read_events
+from hapair.lab.events import Event, LogFollower, current_role, first
 from hapair.lab.nodes import PEER, PRIORITY, Timers
 from hapair.lab.shell import LabError
 
@@ -40,6 +40,7 @@ class KeepalivedPair:
     def __init__(self, lab: Lab, timers: Timers, *, binary: str | None = None) -> None:
         self.lab = lab
         self.timers = timers
+        self._logs: dict[str, LogFollower] = {}
         binary = binary or keepalived_path()
         if binary is None:
             raise LabError("keepalived is not installed (apt-get install keepalived)")
@@ -168,7 +169,10 @@ vrrp_instance VI_1 {{
 
     def events(self) -> list[Event]:
         """Return both nodes' events from keepalived's timestamped log lines."""
-        evs = [ev for n in PEER for ev in read_events(n, self.log_path(n), keepalived=True)]
+        for n in PEER:
+            if n not in self._logs:
+                self._logs[n] = LogFollower(n, self.log_path(n), keepalived=True)
+        evs = [ev for n in PEER for ev in self._logs[n].events()]
         return sorted(evs, key=lambda e: e.ts)
 
     def role(self, node: str) -> str | None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 from hapair.config.duration import format_duration
 from hapair.config.keygen import generate_key
 from hapair.lab import shell
-from hapair.lab.events import Event, current_role, first, read_events
+from hapair.lab.events import Event, LogFollower, current_role, first
 from hapair.lab.shell import LabError
 
 if TYPE_CHECKING:
@@ -88,6 +88,7 @@ class HapairPair:
     def __init__(self, lab: Lab, timers: Timers) -> None:
         self.lab = lab
         self.timers = timers
+        self._logs: dict[str, LogFollower] = {}
 
     def config_path(self, node: str) -> Path:
         """Return `node`'s config file."""
@@ -197,7 +198,10 @@ class HapairPair:
 
     def events(self) -> list[Event]:
         """Return both daemons' events, time-ordered."""
-        evs = [ev for n in PEER for ev in read_events(n, self.log_path(n))]
+        for n in PEER:
+            if n not in self._logs:
+                self._logs[n] = LogFollower(n, self.log_path(n))
+        evs = [ev for n in PEER for ev in self._logs[n].events()]
         return sorted(evs, key=lambda e: e.ts)
 
     def role(self, node: str) -> str | None:

@@ -9,7 +9,6 @@ VIP that its peer still holds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -48,7 +47,13 @@ from hapair.net.garp import Announcer
 from hapair.net.tracking import Check, build_checks, run_probe
 from hapair.net.transport import UdpTransport
 from hapair.net.vip import Vip, VipManager
-from hapair.net.watch import AddressRemoved, ArpWatcher, CarrierChanged, NetlinkWatcher
+from hapair.net.watch import (
+    AddressRemoved,
+    ArpWatcher,
+    CarrierChanged,
+    EventsLost,
+    NetlinkWatcher,
+)
 from hapair.runtime.clock import Clock
 from hapair.runtime.state import PersistentState, save_state
 from hapair.wire.heartbeat import (
@@ -144,6 +149,7 @@ class Node:
         self._conflict_answered: dict[str, float] = {}
         self._conflict_due: float | None = None
         self._conflicts: dict[str, str] = {}
+        self._macs: dict[str, bytes] = {}
         self._announce_logged: set[str] = set()
         self._next_save = now + STATE_SAVE_INTERVAL
         self._probe_tasks: set[asyncio.Task[None]] = set()
@@ -195,8 +201,10 @@ class Node:
             while not self.done:
                 timeout = max(0.0, self._next_deadline() - self.clock.now())
                 if not self._wake.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout)
+                    # call_later + Event is much cheaper than wait_for (no task per wake-up).
+                    timer = loop.call_later(timeout, self._wake.set)
+                    await self._wake.wait()
+                    timer.cancel()
                 self._wake.clear()
                 self.step()
         finally:
@@ -273,29 +281,47 @@ class Node:
         for ev in self.io.netlink.read_events():
             if isinstance(ev, AddressRemoved):
                 self._on_address_removed(ev)
+            elif isinstance(ev, EventsLost):
+                self._macs.clear()
+                self._verify_held_vips()
             elif (
                 isinstance(ev, CarrierChanged)
                 and ev.interface in self.carrier
                 and self.carrier[ev.interface] != ev.up
             ):
                 self.carrier[ev.interface] = ev.up
+                self._macs.pop(ev.interface, None)
                 log = self.log.info if ev.up else self.log.warning
                 log("carrier_changed", interface=ev.interface, up=ev.up)
                 self._refresh_fitness()
 
     def _on_address_removed(self, ev: AddressRemoved) -> None:
         for vip in self.vips:
-            if vip.interface == ev.interface and vip.address == ev.address and vip in self.held:
-                if self.election.role is not Role.MASTER:
-                    return
-                self.log.warning("vip_removed_externally", vip=str(vip.address), action="restore")
-                try:
-                    self.io.vips.add(vip)
-                except VipError as exc:
-                    self.log.error("vip_restore_failed", vip=str(vip.address), error=str(exc))
-                    return
-                self.log.info("vip_restored", vip=str(vip.address), interface=vip.interface)
-                self.schedule.start(self.clock.now(), "restored", second_burst=False)
+            if vip.interface == ev.interface and vip.address == ev.address:
+                self._restore(vip)
+
+    def _verify_held_vips(self) -> None:
+        """Netlink dropped events: check every held VIP is still there."""
+        for vip in list(self.held):
+            try:
+                present = self.io.vips.present(vip)
+            except VipError:
+                present = False
+            if not present:
+                self._restore(vip)
+
+    def _restore(self, vip: Vip) -> None:
+        """A held VIP vanished behind our back: put it back and announce it (MASTER only)."""
+        if vip not in self.held or self.election.role is not Role.MASTER:
+            return
+        self.log.warning("vip_removed_externally", vip=str(vip.address), action="restore")
+        try:
+            self.io.vips.add(vip)
+        except VipError as exc:
+            self.log.error("vip_restore_failed", vip=str(vip.address), error=str(exc))
+            return
+        self.log.info("vip_restored", vip=str(vip.address), interface=vip.interface)
+        self.schedule.start(self.clock.now(), "restored", second_burst=False)
 
     def _read_arp(self) -> None:
         if self.election.role is not Role.MASTER:
@@ -309,7 +335,7 @@ class Node:
                 for v in self.vips
                 if v.interface == ifname and isinstance(v.address.ip, IPv4Address)
             ]
-            mac = self.io.vips.mac(ifname)
+            mac = self._mac(ifname)
             for conflict in watcher.read_conflicts(mine, mac):
                 key = str(conflict.ip)
                 if now - self._conflict_answered.get(key, -1e9) < CONFLICT_ANSWER_INTERVAL:
@@ -317,6 +343,13 @@ class Node:
                 self._conflicts.setdefault(key, conflict.mac.hex(":"))
                 if self._conflict_due is None:
                     self._conflict_due = now + CONFLICT_GRACE
+
+    def _mac(self, ifname: str) -> bytes:
+        """The interface's MAC, cached (a netlink round trip per wake-up would cost CPU)."""
+        mac = self._macs.get(ifname)
+        if mac is None:
+            mac = self._macs[ifname] = self.io.vips.mac(ifname)
+        return mac
 
     def _answer_conflict(self) -> None:
         """After the grace period, log and re-announce if this node is still a MASTER that stays.

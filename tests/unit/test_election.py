@@ -333,3 +333,33 @@ def test_late_timer_after_heartbeat_does_not_claim() -> None:
     e.handle(heard(node="a", prio=150), 5.0)  # read before evaluating the late timer
     e.handle(Tick(), 5.0)
     assert e.role is Role.BACKUP
+
+
+def test_heal_where_the_loser_yields_before_the_winner_hears_it_still_reannounces() -> None:
+    sim = settled_pair()
+    sim.partition()
+    sim.run_for(3.0)
+    assert sorted(sim.masters()) == ["a", "b"]
+    b_term = sim.node("b").election.term  # b took over during the partition: a newer term
+    sim.link.cut = {("b", "a")}  # b hears a again, a does not hear b yet
+    sim.run_for(0.5)
+    assert sim.masters() == ["a"]  # b yielded to the higher master
+    t_heal = sim.now
+    sim.heal()
+    sim.run_for(1.0)
+    announced = [
+        t for t, a in sim.node("a").actions if isinstance(a, Announce) and a.reason == "split_brain"
+    ]
+    assert announced and t_heal <= announced[0] <= t_heal + INTERVAL + 2 * sim.link.latency
+    assert sim.node("a").election.term > b_term  # the survivor re-asserts with a newer term
+    assert sim.node("b").election.term == sim.node("a").election.term  # and b follows it
+
+
+def test_a_newer_term_from_a_backup_triggers_one_announcement_only() -> None:
+    e = Election(settings("a", 150), 0.0)
+    e.handle(Tick(), 5.0)
+    assert e.role is Role.MASTER
+    first = e.handle(heard(role=Role.BACKUP, term=e.term + 3), 5.1)
+    again = e.handle(heard(role=Role.BACKUP, term=e.term - 1), 5.3)
+    assert sum(isinstance(a, Announce) for a in first) == 1
+    assert not any(isinstance(a, Announce) for a in again)

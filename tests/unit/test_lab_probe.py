@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from hapair.lab.events import (
     Event,
+    LogFollower,
     current_role,
     dual_master_spans,
     parse_json_line,
@@ -178,3 +180,32 @@ def test_dual_master_spans() -> None:
     ]
     assert dual_master_spans(evs, ["a", "b"]) == [(5.0, 7.5), (9.0, float("inf"))]
     assert dual_master_spans(evs[:2], ["a", "b"]) == []
+
+
+def test_log_follower_reads_only_complete_appended_lines(tmp_path: Path) -> None:
+    log = tmp_path / "daemon-a.log"
+    follow = LogFollower("a", log)
+    assert follow.events() == []
+    line = json.dumps({"event": "daemon_started", "ts": 1.0})
+    log.write_text(line + "\n" + '{"event": "role_changed", "ts": 2.0, "to_ro')
+    assert [e.name for e in follow.events()] == ["daemon_started"]
+    with log.open("a") as fh:
+        fh.write('le": "MASTER"}\nnot json\n')
+    evs = follow.events()
+    assert [e.name for e in evs] == ["daemon_started", "role_changed"]
+    assert current_role(evs) == "MASTER"
+
+
+def test_keepalived_stop_and_previous_role(tmp_path: Path) -> None:
+    log = tmp_path / "keepalived-a.log"
+    log.write_text(
+        "1.0\tStarting VRRP child process, pid=7\n"
+        "2.0\t(VI_1) Entering BACKUP STATE (init)\n"
+        "3.0\t(VI_1) Entering MASTER STATE\n"
+        "4.0\tWed Nov 25 01:38:40 2026: Stopping\n"
+        "5.0\tStopped Keepalived v2.2.7\n"
+    )
+    evs = LogFollower("a", log, keepalived=True).events()
+    roles = [(e.get("from_role"), e.get("to_role")) for e in evs if e.name == "role_changed"]
+    assert roles == [("INIT", "BACKUP"), ("BACKUP", "MASTER"), ("MASTER", "STOPPING")]
+    assert current_role(evs) is None
