@@ -14,7 +14,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip
 from typing import Any, Final, Literal, TypeVar
 
 from pyroute2 import IPRoute
-from tenacity import retry, retry_if_exception, stop_after_attempt, stop_after_delay, wait_fixed
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_fixed
 
 from hapair.errors import VipError
 
@@ -92,15 +92,17 @@ def _describe(exc: BaseException) -> str:
     return f"{os.strerror(code)} [{errno.errorcode.get(code, code)}]"
 
 
-@retry(
-    stop=stop_after_attempt(RETRY_ATTEMPTS) | stop_after_delay(RETRY_BUDGET_S),
-    wait=wait_fixed(RETRY_WAIT_S),
-    retry=retry_if_exception(_is_transient),
-    reraise=True,
-)
-def _netlink(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """One rtnetlink request, retried only on transient errnos."""
-    return call(*args, **kwargs)
+def _netlink(
+    call: Callable[..., Any], *args: Any, budget: float = RETRY_BUDGET_S, **kwargs: Any
+) -> Any:
+    """Run one netlink call, retrying transient errnos within ``budget`` seconds."""
+    retrying = Retrying(
+        stop=stop_after_attempt(RETRY_ATTEMPTS) | stop_after_delay(budget),
+        wait=wait_fixed(min(RETRY_WAIT_S, budget / RETRY_ATTEMPTS)),
+        retry=retry_if_exception(_is_transient),
+        reraise=True,
+    )
+    return retrying(call, *args, **kwargs)
 
 
 def _mac_bytes(text: object) -> bytes:
@@ -113,7 +115,11 @@ def _mac_bytes(text: object) -> bytes:
 class VipManager:
     """Idempotent add/remove/inspect of VIPs; safe to call from inside an event loop."""
 
-    def __init__(self, *, call_timeout: float = CALL_TIMEOUT_S) -> None:
+    def __init__(
+        self, *, call_timeout: float = CALL_TIMEOUT_S, retry_budget: float = RETRY_BUDGET_S
+    ) -> None:
+        # The daemon passes a budget well below its dead interval (fast timers, fast give-up).
+        self._budget = retry_budget
         self._timeout = call_timeout
         # pyroute2 0.9's sync IPRoute drives a private asyncio loop with run_until_complete(),
         # which raises inside a running loop (the daemon's). So one dedicated thread owns the
@@ -187,6 +193,7 @@ class VipManager:
             _netlink(
                 self._ipr.addr,
                 "add",
+                budget=self._budget,
                 index=link["index"],
                 family=vip.af,
                 address=str(vip.ip),
@@ -208,6 +215,7 @@ class VipManager:
             _netlink(
                 self._ipr.addr,
                 "del",
+                budget=self._budget,
                 index=link["index"],
                 family=vip.af,
                 address=str(vip.ip),
@@ -226,7 +234,9 @@ class VipManager:
             return False
         index = link["index"]
         prefixlen = vip.address.network.prefixlen
-        for msg in _netlink(self._ipr.addr, "dump", index=index, family=vip.af):
+        for msg in _netlink(
+            self._ipr.addr, "dump", index=index, family=vip.af, budget=self._budget
+        ):
             if msg.get("index") != index or msg.get("prefixlen") != prefixlen:
                 continue
             # IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on p2p links.
@@ -243,7 +253,7 @@ class VipManager:
         if not name or len(name.encode()) >= IFNAMSIZ:
             return None  # cannot exist; the kernel would answer EINVAL, not ENODEV
         try:
-            links = _netlink(self._ipr.link, "get", ifname=name)
+            links = _netlink(self._ipr.link, "get", ifname=name, budget=self._budget)
         except Exception as exc:
             if _errno_of(exc) == errno.ENODEV:
                 return None

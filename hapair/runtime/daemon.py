@@ -102,7 +102,8 @@ class Daemon:
         """Set up, run the node until it stops, tear down. Returns the exit status."""
         cfg = self.cfg
         async with contextlib.AsyncExitStack() as stack:
-            vips = VipManager()
+            # Netlink retries must give up well inside the failover budget.
+            vips = VipManager(retry_budget=min(0.15, cfg.cluster.dead_interval / 4))
             stack.callback(vips.close)
             transport = UdpTransport(cfg.cluster.port, cfg.cluster.peers)
             stack.callback(transport.close)
