@@ -161,7 +161,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     """Remove this node's VIPs and stale runtime files (idempotent)."""
     from hapair.runtime.daemon import release
 
-    removed = release(args.config)
+    removed = release(args.config, force=args.force)
     for item in removed:
         print(f"removed {item}")
     if not removed:
@@ -287,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. as systemd ExecStopPost so a killed daemon never leaves a VIP behind.",
     )
     _config_arg(p)
+    p.add_argument(
+        "--force", action="store_true", help="release even though this node's daemon is running"
+    )
     p.set_defaults(func=cmd_release)
 
     try:

@@ -239,23 +239,29 @@ def run_daemon(config_path: str, log_format: str | None = None) -> int:
     return asyncio.run(daemon.run())
 
 
-def release(config_path: str) -> list[str]:
-    """``hapair release``: remove this node's VIPs and stale runtime files. Idempotent."""
+def release(config_path: str, force: bool = False) -> list[str]:
+    """``hapair release``: remove this node's VIPs and stale runtime files. Idempotent.
+
+    Refuses while this node's daemon is running (it would restore the VIP at once, and a
+    running MASTER should hand over instead), unless ``force``.
+    """
     cfg = load_config(config_path, check_secret=False)
+    sock = Path(cfg.control_socket_path)
+    live = sock.exists() and is_live(sock)
+    if live and not force:
+        raise RuntimeSetupError(
+            f"the daemon for {cfg.instance_name} is running ({sock}): stop it first, or use "
+            "`hapair handover` to move the VIP (--force to release anyway)"
+        )
     removed: list[str] = []
     vips = VipManager()
     try:
         for vip in vips_of(cfg):
-            try:
-                if vips.remove(vip):
-                    removed.append(str(vip))
-            except VipError as exc:
-                if "no such interface" not in str(exc):
-                    raise
+            if vips.remove(vip):  # a missing interface counts as nothing to remove
+                removed.append(str(vip))
     finally:
         vips.close()
-    sock = Path(cfg.control_socket_path)
-    if sock.exists() and not is_live(sock):
+    if sock.exists() and not live:
         sock.unlink()
         removed.append(f"stale control socket {sock}")
     return removed

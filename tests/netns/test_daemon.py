@@ -115,6 +115,9 @@ def test_vip_removed_behind_the_daemons_back_is_restored(lab: Lab) -> None:
 def test_release_removes_vips_and_is_idempotent(lab: Lab) -> None:
     lab.hapair.start("a")
     assert wait_for(lambda: lab.has_vip("a"), 10)
+    refused = hapair_in(lab, "a", "release", "-c", str(lab.hapair.config_path("a")))
+    assert refused.returncode == 1 and "is running" in refused.stderr
+    assert lab.has_vip("a")
     lab.hapair.kill("a")  # SIGKILL leaves the VIP configured in the kernel
     assert lab.has_vip("a")
     first = hapair_in(lab, "a", "release", "-c", str(lab.hapair.config_path("a")))
