@@ -166,9 +166,10 @@ class Lab:
     def __enter__(self) -> Lab:
         self.trap_signals()
         try:
+            # up() cleans up after its own failures; a lab that already existed is not ours.
             return self.up()
         except BaseException:
-            self.down()
+            self._restore_signals()
             raise
 
     def __exit__(
@@ -205,6 +206,10 @@ class Lab:
 
     def down(self) -> None:
         """Kill every process this lab started, delete its namespaces and its directory."""
+        if not self._is_up and not self.procs:
+            # Never built (or already removed): another lab with this prefix is not ours.
+            self._restore_signals()
+            return
         for key in list(self.procs):
             self.stop(key, sig=signal.SIGKILL)
         self.procs.clear()
@@ -478,18 +483,21 @@ class Lab:
 
     def describe(self) -> str:
         """Return a short how-to-look text for humans."""
-        c = self.ns("c")
-        lines = [
-            f"lab {self.prefix!r} is up; files in {self.dir}",
-            f"  client:   ip netns exec {c} curl -s http://{VIP4}/",
-            f"            ip netns exec {c} ip neigh show {VIP4}",
-            f"  roles:    ip netns exec {self.ns('a')} {sys.executable} -m hapair status -c "
-            f"{self.hapair.config_path('a')} --json",
-            f"  VIP:      ip -n {self.ns('a')} addr show dev eth0; ip -n {self.ns('b')} addr ...",
-            f"  logs:     {self.dir / 'daemon-a.log'}  {self.dir / 'daemon-b.log'}",
-            f"  remove:   hapair lab down --prefix {self.prefix}",
-        ]
-        return "\n".join(lines)
+        c, a, b = self.ns("c"), self.ns("a"), self.ns("b")
+        logs = [str(p.log) for p in self.procs.values() if not p.key.startswith("service-")]
+        return "\n".join(
+            [
+                f"lab {self.prefix!r} is up; files in {self.dir}",
+                f"  client:  ip netns exec {c} curl -s http://{VIP4}/    (answers a or b)",
+                f"           ip netns exec {c} ip neigh show {VIP4}       (MAC 02:77:00:00:00:0b"
+                " is a, ...0c is b)",
+                f"  status:  ip netns exec {a} {sys.executable} -m hapair status -c "
+                f"{self.hapair.config_path('a')}",
+                f"  VIP:     ip -n {a} -br addr show dev eth0; ip -n {b} -br addr show dev eth0",
+                f"  logs:    {'  '.join(logs) or '(no daemons started)'}",
+                f"  remove:  hapair lab down --prefix {self.prefix}",
+            ]
+        )
 
 
 def _contains(path: Path, needle: bytes) -> bool:

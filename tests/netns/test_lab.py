@@ -160,3 +160,10 @@ def test_refuses_a_second_lab_with_the_same_prefix(lab: Lab) -> None:
     with pytest.raises(shell.LabError, match="already exists"):
         Lab(PREFIX).up()
     assert len(lab_namespaces(PREFIX)) == len(HOSTS) + 1
+
+
+def test_a_failed_second_lab_leaves_the_first_alone(lab: Lab) -> None:
+    with pytest.raises(shell.LabError), Lab(PREFIX):
+        pass
+    Lab(PREFIX).down()
+    assert len(lab_namespaces(PREFIX)) == len(HOSTS) + 1
