@@ -159,12 +159,19 @@ def cmd_handover(args: argparse.Namespace) -> int:
 
 def cmd_release(args: argparse.Namespace) -> int:
     """Remove this node's VIPs and stale runtime files (idempotent)."""
-    from hapair.runtime.daemon import release
+    from hapair.runtime.release import release
 
-    removed = release(args.config, force=args.force)
-    for item in removed:
+    report = release(args.config, force=args.force)
+    if report.peer_master:
+        print(
+            f"peer {report.peer_master} is MASTER ({report.waited * 1000:.0f} ms after"
+            " it was told this node is out of service)"
+        )
+    for note in report.notes:
+        print(f"note: {note}")
+    for item in report.removed:
         print(f"removed {item}")
-    if not removed:
+    if not report.removed:
         print("nothing to release")
     return 0
 
@@ -283,8 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove this node's VIPs (after a crash; ExecStopPost)",
         formatter_class=_RAW,
         description="Remove every VIP of this node's configuration from its interface and a\n"
-        "stale control socket. Idempotent: safe to run at any time a daemon is not running,\n"
-        "e.g. as systemd ExecStopPost so a killed daemon never leaves a VIP behind.",
+        "stale control socket. Idempotent: safe to run whenever the daemon is not running,\n"
+        "e.g. as systemd ExecStopPost so a killed daemon never leaves a VIP behind.\n\n"
+        "If a VIP is still held (the daemon died as MASTER), release first tells the peer\n"
+        "that this node is out of service, so it takes over at once instead of waiting for\n"
+        "its dead timer, and removes the VIP once the peer is heard as MASTER (at most 1 s).",
     )
     _config_arg(p)
     p.add_argument(

@@ -164,6 +164,15 @@ class Election:
             deadlines.append(self._resign_until)
         return min(deadlines)
 
+    def note_link(self, node: str, link: str, now: float) -> None:
+        """A copy of the peer's newest heartbeat arrived on another link: it is alive there.
+
+        Link liveness is informational (status); it changes no role, so no event is needed.
+        """
+        peer = self.peers.get(node)
+        if peer is not None:
+            peer.links[link] = now
+
     # -- the one entry point ---------------------------------------------------------------
 
     def handle(self, event: Event, now: float) -> list[Action]:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import signal
-from pathlib import Path
 from typing import Any, Final
 
 from hapair.config import Config, load_config, read_secret
@@ -23,7 +22,7 @@ from hapair.net.transport import UdpTransport
 from hapair.net.vip import VipManager
 from hapair.net.watch import ArpWatcher, NetlinkWatcher
 from hapair.runtime.clock import MonotonicClock
-from hapair.runtime.control import ControlServer, is_live
+from hapair.runtime.control import ControlServer
 from hapair.runtime.node import Adapters, Node, vips_of
 from hapair.runtime.state import load_state, next_boot_epoch, save_state
 
@@ -237,31 +236,3 @@ def run_daemon(config_path: str, log_format: str | None = None) -> int:
     os.umask(0o007)
     daemon = Daemon(config_path, cfg, key)
     return asyncio.run(daemon.run())
-
-
-def release(config_path: str, force: bool = False) -> list[str]:
-    """``hapair release``: remove this node's VIPs and stale runtime files. Idempotent.
-
-    Refuses while this node's daemon is running (it would restore the VIP at once, and a
-    running MASTER should hand over instead), unless ``force``.
-    """
-    cfg = load_config(config_path, check_secret=False)
-    sock = Path(cfg.control_socket_path)
-    live = sock.exists() and is_live(sock)
-    if live and not force:
-        raise RuntimeSetupError(
-            f"the daemon for {cfg.instance_name} is running ({sock}): stop it first, or use "
-            "`hapair handover` to move the VIP (--force to release anyway)"
-        )
-    removed: list[str] = []
-    vips = VipManager()
-    try:
-        for vip in vips_of(cfg):
-            if vips.remove(vip):  # a missing interface counts as nothing to remove
-                removed.append(str(vip))
-    finally:
-        vips.close()
-    if sock.exists() and not live:
-        sock.unlink()
-        removed.append(f"stale control socket {sock}")
-    return removed

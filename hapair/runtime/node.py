@@ -150,6 +150,7 @@ class Node:
         self._conflict_due: float | None = None
         self._conflicts: dict[str, str] = {}
         self._macs: dict[str, bytes] = {}
+        self._accepted_on: dict[str, str] = {}
         self._announce_logged: set[str] = set()
         self._next_save = now + STATE_SAVE_INTERVAL
         self._probe_tasks: set[asyncio.Task[None]] = set()
@@ -252,7 +253,15 @@ class Node:
                 if hb.node == self.cfg.node.name:
                     raise Rejected(RejectReason.SELF, f"from {source}")
                 if not self.replay.accept(hb.node, hb.boot_epoch, hb.seq):
+                    if (
+                        self.replay.mark(hb.node) == (hb.boot_epoch, hb.seq)
+                        and self._accepted_on.get(hb.node) != source
+                    ):
+                        # The same heartbeat, sent on every link, arriving on a second one.
+                        self.election.note_link(hb.node, source, self.clock.now())
+                        continue
                     raise Rejected(RejectReason.REPLAY, f"{hb.node} seq {hb.seq} from {source}")
+                self._accepted_on[hb.node] = source
             except Rejected as exc:
                 if self.rejects.record(exc.reason):
                     self.log.warning(

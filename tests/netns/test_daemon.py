@@ -20,7 +20,7 @@ import pytest
 
 from hapair.core.roles import Role
 from hapair.lab.nodes import Timers
-from hapair.lab.topology import LAN4, VIP4, VIP6, Lab
+from hapair.lab.topology import HB4, LAN4, VIP4, VIP6, Lab
 from hapair.wire.heartbeat import Heartbeat, cluster_id, encode, vip_digest
 
 pytestmark = [
@@ -359,3 +359,39 @@ def test_unreachable_peer_is_a_runtime_error_naming_it(lab: Lab) -> None:
     assert proc.returncode == 1
     assert "cluster.peers[0]" in proc.stderr and "10.254.0.1" in proc.stderr
     assert not lab.has_vip("a")
+
+
+def test_peer_is_alive_while_any_link_carries_heartbeats(lab: Lab) -> None:
+    start_pair(lab)
+
+    def links_of_a() -> dict[str, float]:
+        status = lab.hapair.status("b")
+        assert status is not None
+        peers = status["peers"]
+        assert isinstance(peers, list) and peers
+        return dict(peers[0]["links"])
+
+    assert wait_for(lambda: set(links_of_a()) == {LAN4["a"], HB4["a"]}, 3)
+    # Cut the direct cable: the LAN still carries heartbeats, so nothing fails over.
+    lab.exec("a", ["ip", "link", "set", "eth1", "down"])
+    time.sleep(3 * FAST.dead_time)
+    assert lab.vip_holders() == ["a"] and role(lab, "b") == "BACKUP"
+    links = links_of_a()
+    assert links[LAN4["a"]] < 2 * FAST.interval < FAST.dead_time < links[HB4["a"]]
+    status = lab.hapair.status("b")
+    assert status is not None and "replay" not in status["rejected"]  # type: ignore[operator]
+    assert not events(lab, "peer_lost", "b")
+
+
+def test_release_after_a_kill_hands_the_vip_to_the_peer_before_its_dead_timer() -> None:
+    with make_lab(timers=Timers(interval=0.5, dead_after=5)) as lab:  # dead time > 2.5 s
+        start_pair(lab)
+        lab.hapair.kill("a")  # the daemon dies as MASTER; its VIP stays in the kernel
+        t0 = time.time()
+        proc = hapair_in(lab, "a", "release", "-c", str(lab.hapair.config_path("a")))
+        assert proc.returncode == 0, proc.stderr
+        assert "peer b is MASTER" in proc.stdout and f"removed {VIP4}/24" in proc.stdout
+        took_over = [e for e in events(lab, "role_changed", "b") if e["to_role"] == "MASTER"]
+        assert took_over and took_over[0]["reason"] == "peer_fault"
+        assert float(took_over[0]["ts"]) - t0 < 2.0  # type: ignore[arg-type]
+        assert lab.vip_holders() == ["b"]

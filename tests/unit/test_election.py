@@ -363,3 +363,12 @@ def test_a_newer_term_from_a_backup_triggers_one_announcement_only() -> None:
     again = e.handle(heard(role=Role.BACKUP, term=e.term - 1), 5.3)
     assert sum(isinstance(a, Announce) for a in first) == 1
     assert not any(isinstance(a, Announce) for a in again)
+
+
+def test_note_link_refreshes_only_link_liveness() -> None:
+    e = Election(settings("a", 100), 0.0)
+    e.handle(heard(prio=150), 0.0)
+    e.note_link("b", "192.168.77.2", 0.1)
+    e.note_link("nobody", "x", 0.1)  # unknown sender: ignored
+    assert e.peers["b"].links == {"10.0.0.2": 0.0, "192.168.77.2": 0.1}
+    assert e.peers["b"].last_heard == 0.0 and "nobody" not in e.peers
