@@ -276,11 +276,11 @@ def _describe(ev: Event) -> str:
         text = f"role {ev.get('from_role') or '?'} -> {ev.get('to_role')}"
         return text + (f" ({ev.get('reason')})" if ev.get("reason") else "")
     if ev.name == "garp_sent":
-        burst, frames = ev.get("burst"), ev.get("frames")
+        burst, frames, rounds = ev.get("burst"), ev.get("frames_per_round"), ev.get("rounds")
         return (
             "gratuitous ARP"
             + (f" {burst} burst" if burst else "")
-            + (f", {frames} frames" if frames else "")
+            + (f", {rounds} x {frames} frames" if frames and rounds else "")
         )
     detail = ev.get("peer") or ev.get("vip")
     return ev.name + (f" {detail}" if detail else "")

@@ -526,7 +526,8 @@ class Node:
                     "garp_sent",
                     burst=reason,
                     vips=[str(v.address) for v in self.held],
-                    frames=frames,
+                    frames_per_round=frames,
+                    rounds=1 if reason == "refresh" else self.schedule.timers.burst,
                 )
 
     def _send_heartbeat(self, resigning: bool) -> None:
