@@ -1,9 +1,13 @@
 """Failover benchmark: hapair against keepalived, side by side in the same namespace lab.
 
-Runs each drill N times per implementation at default timers (200 ms, dead after 5; keepalived
-advert_int 0.2) and at fast timers (20 ms, dead after 3; advert_int 0.02), then prints
-min/median/max client-visible outage per scenario, the ratio hapair/keepalived of the medians,
-and each daemon's RSS and CPU% while idle as MASTER (sampled from /proc).
+Runs each drill N times per implementation in three profiles, then prints min/median/max
+client-visible outage per scenario, the ratio hapair/keepalived of the medians, and each
+daemon's RSS and CPU% while idle as MASTER (sampled from /proc):
+
+- ``default``: each daemon at its own defaults (hapair 200 ms, dead after 5; keepalived
+  advert_int 1, i.e. master down after 3 adverts);
+- ``same200``: the same timers for both (200 ms, dead after 3 = keepalived's fixed 3 adverts);
+- ``fast``: 20 ms, dead after 3 (keepalived advert_int 0.02).
 
     sudo .venv/bin/python bench/failover.py [--runs 5] [--scenarios crash,kill] [--json]
 """
@@ -29,9 +33,12 @@ from hapair.lab.nodes import Pair, Timers
 from hapair.lab.shell import LabError
 from hapair.lab.topology import NODES, Lab
 
+#: profile -> (hapair timers, keepalived timers); keepalived always declares its master down
+#: after 3 adverts plus skew (RFC 5798), so its dead_after is fixed at 3.
 PROFILES: Final = {
-    "default": Timers(interval=0.2, dead_after=5),
-    "fast": Timers(interval=0.02, dead_after=3),
+    "default": (Timers(interval=0.2, dead_after=5), Timers(interval=1.0, dead_after=3)),
+    "same200": (Timers(interval=0.2, dead_after=3), Timers(interval=0.2, dead_after=3)),
+    "fast": (Timers(interval=0.02, dead_after=3), Timers(interval=0.02, dead_after=3)),
 }
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 PAGE: Final = os.sysconf("SC_PAGE_SIZE")
@@ -172,13 +179,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             impls.append("keepalived")
     report: dict[str, dict[str, object]] = {}
     for profile in [p for p in args.profiles.split(",") if p]:
-        timers = PROFILES[profile]
         report[profile] = {}
         for impl in impls:
             print(f"{profile}: {impl} ...", file=sys.stderr, flush=True)
             cells, idle = run_impl(
                 impl,
-                timers,
+                PROFILES[profile][0 if impl == "hapair" else 1],
                 scenarios,
                 args.runs,
                 args.idle_seconds,
@@ -196,13 +202,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _jsonable(report: dict[str, dict[str, object]]) -> object:
     out: dict[str, object] = {}
     for profile, impls in report.items():
-        t = PROFILES[profile]
-        entry: dict[str, object] = {"interval_ms": t.interval * 1000, "dead_after": t.dead_after}
+        h, k = PROFILES[profile]
+        entry: dict[str, object] = {
+            "hapair": {"interval_ms": h.interval * 1000, "dead_after": h.dead_after},
+            "keepalived": {"advert_int_ms": k.interval * 1000},
+        }
         for impl, data in impls.items():
             assert isinstance(data, dict)
             cells: dict[str, Cell] = data["cells"]
             idle: Idle | None = data["idle"]
-            entry[impl] = {
+            entry[f"{impl}_results"] = {
                 "idle": None if idle is None else vars(idle),
                 "scenarios": {
                     s: {
@@ -222,10 +231,10 @@ def _print_table(
     report: dict[str, dict[str, object]], scenarios: Sequence[str], impls: Sequence[str], runs: int
 ) -> None:
     for profile, data in report.items():
-        t = PROFILES[profile]
+        h, k = PROFILES[profile]
         print(
-            f"\n== {profile}: interval {t.interval * 1000:g} ms, dead_after {t.dead_after} "
-            f"(keepalived advert_int {t.interval:g}), {runs} runs; outage ms min/median/max"
+            f"\n== {profile}: hapair interval {h.interval * 1000:g} ms, dead_after {h.dead_after}"
+            f"; keepalived advert_int {k.interval:g}; {runs} runs; outage ms min/median/max"
         )
         header = f"{'scenario':10} " + " ".join(f"{i:>20}" for i in impls)
         print(header + ("   ratio h/k" if len(impls) == 2 else ""))
