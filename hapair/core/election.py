@@ -153,7 +153,7 @@ class Election:
     def next_deadline(self) -> float:
         """The next time at which ``handle(Tick(), now)`` has something to do."""
         deadlines = [self._next_heartbeat]
-        if self.role is Role.INIT:
+        if self.role in (Role.INIT, Role.BACKUP) and self._init_until > self._next_heartbeat:
             deadlines.append(self._init_until)
         for peer in self.peers.values():
             if peer.alive:
@@ -385,13 +385,19 @@ class Election:
         # No master: the peer is dead, resigned or in FAULT. A higher backup takes it if alive.
         if self._contenders(now, include_lower=False):
             return
+        resigned = any(p.alive and p.resigning for p in self.peers.values())
+        faulty = any(p.alive and p.role is Role.FAULT for p in self.peers.values())
+        if now < self._init_until and not (resigned or faulty):
+            return  # still inside the start-up hold-down (e.g. FAULT since start, now healthy)
         self._suppress_preempt = False
-        if any(p.alive and p.resigning for p in self.peers.values()):
+        if resigned:
             reason = "peer_resigned"
-        elif any(p.alive and p.role is Role.FAULT for p in self.peers.values()):
+        elif faulty:
             reason = "peer_fault"
-        else:
+        elif self.peers:
             reason = "peer_dead"
+        else:
+            reason = "no_master_heard"
         self._become_master(reason, now, out)
 
     def _evaluate_master(self, now: float, out: list[Action]) -> None:

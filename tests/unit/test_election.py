@@ -184,7 +184,19 @@ def test_fault_from_master_releases_and_tells_the_peer() -> None:
     ]
     e.handle(FitnessChanged(100, False, "healthy"), 6.0)
     assert e.role is Role.MASTER  # no peer alive: back to BACKUP, then claims at once
-    assert [t.reason for t in [e.last_transition] if t] == ["peer_dead"]
+    assert [t.reason for t in [e.last_transition] if t] == ["no_master_heard"]
+
+
+def test_fault_since_start_still_honours_the_hold_down() -> None:
+    s = settings("a", 100)
+    e = Election(s, 0.0)
+    e.handle(FitnessChanged(0, True, "carrier_lost:eth0"), 0.0)
+    e.handle(FitnessChanged(100, False, "healthy"), 0.1)
+    assert e.role is Role.BACKUP  # healthy again, but it has not listened long enough
+    hold = s.dead_time(INTERVAL, 100)
+    assert e.next_deadline() <= hold
+    e.handle(Tick(), hold)
+    assert e.role is Role.MASTER
 
 
 # -- the pair ---------------------------------------------------------------------------------
@@ -372,3 +384,59 @@ def test_note_link_refreshes_only_link_liveness() -> None:
     e.note_link("nobody", "x", 0.1)  # unknown sender: ignored
     assert e.peers["b"].links == {"10.0.0.2": 0.0, "192.168.77.2": 0.1}
     assert e.peers["b"].last_heard == 0.0 and "nobody" not in e.peers
+
+
+# -- the transition table, case by case ----------------------------------------------------------
+
+
+def in_role(start: Role, priority: int = 100, **kw: object) -> Election:
+    """An election of node "a" brought into ``start`` through legal moves only."""
+    e = Election(settings("a", priority, **kw), 0.0)
+    if start is Role.BACKUP:
+        e.handle(heard(prio=priority + 50), 0.0)
+    elif start is Role.MASTER:
+        e.handle(Tick(), 5.0)
+    elif start is Role.FAULT:
+        e.handle(FitnessChanged(0, True, "test"), 0.0)
+    assert e.role is start
+    return e
+
+
+TABLE = [
+    # (start, event, expected role, expected reason of the last transition)
+    (Role.INIT, heard(role=Role.MASTER, prio=50), Role.BACKUP, "peer_is_master"),
+    (Role.INIT, heard(role=Role.BACKUP, prio=200), Role.BACKUP, "higher_priority_peer"),
+    (Role.INIT, heard(role=Role.BACKUP, prio=50), Role.INIT, None),
+    (Role.INIT, FitnessChanged(0, True, "carrier_lost:eth0"), Role.FAULT, "carrier_lost:eth0"),
+    (Role.BACKUP, heard(prio=150, resigning=True), Role.MASTER, "peer_resigned"),
+    (Role.BACKUP, heard(role=Role.FAULT, prio=0), Role.MASTER, "peer_fault"),
+    (Role.BACKUP, heard(role=Role.MASTER, prio=60), Role.MASTER, "preempt"),
+    (Role.BACKUP, heard(role=Role.MASTER, prio=150), Role.BACKUP, "peer_is_master"),
+    (Role.BACKUP, FitnessChanged(0, True, "track:gw"), Role.FAULT, "track:gw"),
+    (Role.MASTER, heard(role=Role.MASTER, prio=200), Role.BACKUP, "yield_to_b"),
+    (Role.MASTER, heard(role=Role.MASTER, prio=50), Role.MASTER, "no_master_heard"),
+    (Role.MASTER, heard(role=Role.BACKUP, prio=200), Role.MASTER, "no_master_heard"),
+    (Role.MASTER, FitnessChanged(0, True, "carrier_lost:eth0"), Role.FAULT, "carrier_lost:eth0"),
+    (Role.FAULT, FitnessChanged(100, False, "healthy"), Role.BACKUP, "fitness_restored"),
+    (Role.FAULT, heard(role=Role.MASTER, prio=200), Role.FAULT, "test"),
+]
+
+
+@pytest.mark.parametrize(("start", "event", "role", "reason"), TABLE)
+def test_transition_table(start: Role, event: object, role: Role, reason: str | None) -> None:
+    e = in_role(start)
+    e.handle(event, 5.01 if start is Role.MASTER else 0.05)  # type: ignore[arg-type]
+    assert e.role is role
+    if reason is None:
+        assert e.last_transition is None
+    else:
+        assert e.last_transition is not None and e.last_transition.reason == reason
+    assert (e.last_transition is None) or (
+        (e.last_transition.from_role, e.last_transition.to_role) in TRANSITIONS
+    )
+
+
+def test_preempt_off_keeps_a_lower_master() -> None:
+    e = in_role(Role.BACKUP, preempt=False)
+    e.handle(heard(role=Role.MASTER, prio=60), 5.0)
+    assert e.role is Role.BACKUP
