@@ -55,7 +55,9 @@ from hapair.net.watch import (
     NetlinkWatcher,
 )
 from hapair.runtime.clock import Clock
+from hapair.runtime.conflicts import ConflictResponder
 from hapair.runtime.state import PersistentState, save_state
+from hapair.runtime.status import build_status
 from hapair.wire.heartbeat import (
     Heartbeat,
     Rejected,
@@ -68,11 +70,6 @@ from hapair.wire.heartbeat import (
 from hapair.wire.rejects import RejectCounter
 from hapair.wire.replay import ReplayGuard
 
-#: A conflict answered with a fresh announcement at most this often per VIP.
-CONFLICT_ANSWER_INTERVAL: Final = 1.0
-#: A peer taking over sends its GARP a moment before its MASTER heartbeat; wait this long
-#: before answering a conflict, so a legitimate takeover is not fought.
-CONFLICT_GRACE: Final = 0.02
 #: How often the replay marks are written while running (also at every role change and stop).
 STATE_SAVE_INTERVAL: Final = 10.0
 
@@ -146,9 +143,7 @@ class Node:
         self.started_wall = time.time()
         self._wake = asyncio.Event()
         self._pending: list[Event] = []
-        self._conflict_answered: dict[str, float] = {}
-        self._conflict_due: float | None = None
-        self._conflicts: dict[str, str] = {}
+        self.conflicts = ConflictResponder()
         self._macs: dict[str, bytes] = {}
         self._accepted_on: dict[str, str] = {}
         self._announce_logged: set[str] = set()
@@ -216,11 +211,9 @@ class Node:
 
     def _next_deadline(self) -> float:
         deadlines = [self.election.next_deadline(), self._next_save]
-        if self._conflict_due is not None:
-            deadlines.append(self._conflict_due)
-        nxt = self.schedule.next_deadline()
-        if nxt is not None:
-            deadlines.append(nxt)
+        for nxt in (self.schedule.next_deadline(), self.conflicts.next_deadline()):
+            if nxt is not None:
+                deadlines.append(nxt)
         deadlines += [c.next_due for c in self.checks if c.argv and not c.running]
         return min(deadlines)
 
@@ -346,12 +339,7 @@ class Node:
             ]
             mac = self._mac(ifname)
             for conflict in watcher.read_conflicts(mine, mac):
-                key = str(conflict.ip)
-                if now - self._conflict_answered.get(key, -1e9) < CONFLICT_ANSWER_INTERVAL:
-                    continue
-                self._conflicts.setdefault(key, conflict.mac.hex(":"))
-                if self._conflict_due is None:
-                    self._conflict_due = now + CONFLICT_GRACE
+                self.conflicts.seen(str(conflict.ip), conflict.mac.hex(":"), now)
 
     def _mac(self, ifname: str) -> bytes:
         """The interface's MAC, cached (a netlink round trip per wake-up would cost CPU)."""
@@ -367,15 +355,12 @@ class Node:
         grace period and this node yields instead of fighting it.
         """
         now = self.clock.now()
-        if self._conflict_due is None or now < self._conflict_due:
-            return
-        conflicts, self._conflicts = self._conflicts, {}
-        self._conflict_due = None
-        if self.election.role is not Role.MASTER or self.election.resigning:
+        conflicts = self.conflicts.due(now)
+        if not conflicts or self.election.role is not Role.MASTER or self.election.resigning:
             return
         for vip, mac in conflicts.items():
-            self._conflict_answered[vip] = now
             self.log.warning("vip_conflict", vip=vip, mac=mac, action="re-announce")
+        self.conflicts.answered(list(conflicts), now)
         self._announce_logged.discard("conflict")
         self.schedule.start(now, "conflict", second_burst=False)
 
@@ -560,43 +545,15 @@ class Node:
 
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot for ``hapair status``."""
-        e = self.election
-        now = self.clock.now()
-        last = e.last_transition
-        return {
-            "cluster": self.cfg.cluster.name,
-            "node": self.cfg.node.name,
-            "role": e.role.name,
-            "resigning": e.resigning,
-            "term": e.term,
-            "priority": {"base": self.cfg.node.priority, "effective": e.effective_priority},
-            "fault_reason": e.fault_reason if e.fault else None,
-            "vips_held": sorted(str(v.address) for v in self.held),
-            "vips_configured": [str(v) for v in self.vips],
-            "peers": [
-                {
-                    "node": p.node,
-                    "role": p.role.name,
-                    "alive": p.alive,
-                    "resigning": p.resigning,
-                    "priority": {"base": p.base_priority, "effective": p.effective_priority},
-                    "last_heard_ago": round(now - p.last_heard, 3),
-                    "links": {k: round(now - v, 3) for k, v in sorted(p.links.items())},
-                }
-                for p in e.peers.values()
-            ],
-            "last_transition": None
-            if last is None
-            else {
-                "from": last.from_role.name,
-                "to": last.to_role.name,
-                "reason": last.reason,
-                "ago": round(now - last.at, 3),
-                "at": self.last_transition_wall,
-            },
-            "rejected": self.rejects.counts(),
-            "uptime": round(time.time() - self.started_wall, 3),
-        }
+        return build_status(
+            self.cfg,
+            self.election,
+            held=self.held,
+            rejected=self.rejects.counts(),
+            now=self.clock.now(),
+            transition_wall=self.last_transition_wall,
+            started_wall=self.started_wall,
+        )
 
     def shutdown(self) -> None:
         """SIGTERM: resign gracefully (the election bounds the wait)."""

@@ -1,0 +1,60 @@
+"""The ``hapair status`` snapshot: what an operator needs to see, as plain JSON data."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from hapair.config.model import Config
+from hapair.core.election import Election
+from hapair.net.vip import Vip
+
+
+def build_status(
+    cfg: Config,
+    election: Election,
+    *,
+    held: Iterable[Vip],
+    rejected: dict[str, int],
+    now: float,
+    transition_wall: float | None,
+    started_wall: float,
+) -> dict[str, Any]:
+    """Role, priorities, peers with per-link ages, VIPs, last transition, rejects, uptime."""
+    e = election
+    last = e.last_transition
+    return {
+        "cluster": cfg.cluster.name,
+        "node": cfg.node.name,
+        "role": e.role.name,
+        "resigning": e.resigning,
+        "term": e.term,
+        "priority": {"base": cfg.node.priority, "effective": e.effective_priority},
+        "fault_reason": e.fault_reason if e.fault else None,
+        "vips_held": sorted(str(v.address) for v in held),
+        "vips_configured": [f"{v.address} on {v.interface}" for v in cfg.vip],
+        "peers": [
+            {
+                "node": p.node,
+                "role": p.role.name,
+                "alive": p.alive,
+                "resigning": p.resigning,
+                "priority": {"base": p.base_priority, "effective": p.effective_priority},
+                "last_heard_ago": round(now - p.last_heard, 3),
+                "links": {k: round(now - v, 3) for k, v in sorted(p.links.items())},
+            }
+            for p in e.peers.values()
+        ],
+        "last_transition": None
+        if last is None
+        else {
+            "from": last.from_role.name,
+            "to": last.to_role.name,
+            "reason": last.reason,
+            "ago": round(now - last.at, 3),
+            "at": transition_wall,
+        },
+        "rejected": rejected,
+        "uptime": round(time.time() - started_wall, 3),
+    }
