@@ -142,6 +142,7 @@ class Node:
         self.carrier: dict[str, bool] = {}
         self.started_wall = time.time()
         self._wake = asyncio.Event()
+        self._readable: set[str] = set()
         self._pending: list[Event] = []
         self.conflicts = ConflictResponder()
         self._macs: dict[str, bytes] = {}
@@ -161,6 +162,11 @@ class Node:
 
     def wake(self) -> None:
         """Reader callback: something is readable."""
+        self._wake.set()
+
+    def _ready(self, source: str) -> None:
+        """Reader callback for netlink and ARP: remember which, then wake the loop."""
+        self._readable.add(source)
         self._wake.set()
 
     def reconfigure(self, cfg: Config) -> None:
@@ -188,10 +194,16 @@ class Node:
     async def run(self) -> None:
         """Run until the election reports it has stopped."""
         loop = asyncio.get_running_loop()
-        fds = [*self.io.transport.filenos(), self.io.netlink.fileno()]
-        fds += [w.fileno() for w in self.io.arp.values()]
+        # Heartbeat sockets are drained on every step anyway (before timers); the netlink and
+        # ARP sockets are read only when they signalled data, to keep an idle wake-up cheap.
+        fds = self.io.transport.filenos()
         for fd in fds:
             loop.add_reader(fd, self.wake)
+        loop.add_reader(self.io.netlink.fileno(), self._ready, "netlink")
+        fds = [*fds, self.io.netlink.fileno()]
+        for w in self.io.arp.values():
+            loop.add_reader(w.fileno(), self._ready, "arp")
+            fds.append(w.fileno())
         try:
             self._initial_fitness()
             while not self.done:
@@ -220,8 +232,11 @@ class Node:
     def step(self) -> None:
         """One pass: inputs first (heartbeats, netlink, ARP, queued events), then timers."""
         self._read_heartbeats()
-        self._read_netlink()
-        self._read_arp()
+        readable, self._readable = self._readable, set()
+        if "netlink" in readable:
+            self._read_netlink()
+        if "arp" in readable:
+            self._read_arp()
         pending, self._pending = self._pending, []
         for event in pending:
             self._handle(event)
