@@ -479,7 +479,8 @@ class Node:
         )
         if action.to_role is not Role.MASTER:
             self.schedule.stop()
-        self.save_state_file()
+        # Persist at the end of this step: the VIP and its first GARP must not wait for disk.
+        self._next_save = self.clock.now()
 
     def _acquire(self, reason: str) -> None:
         for vip in self.vips:
