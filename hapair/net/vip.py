@@ -17,6 +17,7 @@ from pyroute2 import IPRoute
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_fixed
 
 from hapair.errors import VipError
+from hapair.net.rtaddr import AddressSocket
 
 _T = TypeVar("_T")
 
@@ -127,20 +128,33 @@ class VipManager:
         # The thread starts here, so it lives in the caller's network namespace.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hapair-netlink")
         self._closed = False
+        self._addr = AddressSocket(timeout=call_timeout)
         try:
             self._ipr: Any = self._run("open rtnetlink", IPRoute)
         except BaseException:
             self._closed = True
+            self._addr.close()
             self._worker.shutdown(wait=False, cancel_futures=True)
             raise
 
     def add(self, vip: Vip) -> bool:
         """Add the VIP; True if added now, False if it was already there."""
-        return self._run(f"add {vip}", self._add_now, vip)
+        return self._direct(f"add {vip}", self._add_now, vip)
 
     def remove(self, vip: Vip) -> bool:
         """Remove the VIP; True if removed now, False if it (or its interface) was already gone."""
-        return self._run(f"remove {vip}", self._remove_now, vip)
+        return self._direct(f"remove {vip}", self._remove_now, vip)
+
+    def _direct(self, what: str, fn: Callable[[Vip], bool], vip: Vip) -> bool:
+        """Run an address change on the fast socket; failures become VipError naming `what`."""
+        if self._closed:
+            raise VipError(f"cannot {what}: the netlink socket is closed")
+        try:
+            return fn(vip)
+        except VipError:
+            raise
+        except Exception as exc:
+            raise VipError(f"cannot {what}: {_describe(exc)}") from exc
 
     def present(self, vip: Vip) -> bool:
         """True if the address, with this prefix length, is on the interface."""
@@ -169,6 +183,7 @@ class VipManager:
         if self._closed:
             return
         self._closed = True
+        self._addr.close()
         # pyroute2 keeps per-thread state, so close it on the thread that used it.
         with contextlib.suppress(Exception):
             self._worker.submit(self._ipr.close).result(timeout=self._timeout)
@@ -176,30 +191,31 @@ class VipManager:
 
     # -- runs on the worker thread -------------------------------------------------------
 
+    def _index(self, name: str) -> int | None:
+        """The interface index from libc (no netlink round trip); None if there is none."""
+        if not name or len(name.encode()) >= IFNAMSIZ:
+            return None  # cannot exist; the kernel would answer EINVAL, not ENODEV
+        try:
+            return socket.if_nametoindex(name)
+        except OSError:
+            return None
+
     def _add_now(self, vip: Vip) -> bool:
-        """Worker side of add()."""
-        link = self._link_now(vip.interface)
-        if link is None:
+        """add(), in the calling thread: it is on the takeover path."""
+        index = self._index(vip.interface)
+        if index is None:
             raise VipError(f"no such interface {vip.interface!r}")
-        kwargs: dict[str, Any] = {}
-        if vip.family == 6:
-            # No DAD (RFC 4862 §5.4): a tentative address is not usable as a source and
-            # traffic to it is dropped for ~1 s (RetransTimer x DupAddrDetectTransmits plus
-            # a random delay), all of which would be added to every takeover. Uniqueness is
-            # what the election already guarantees; and in a split brain DAD would only mark
-            # our copy "dadfailed" and unusable instead of letting the NA settle it.
-            kwargs["flags"] = IFA_F_NODAD
+        # No DAD (RFC 4862 §5.4) for IPv6: a tentative address is not usable as a source and
+        # traffic to it is dropped for ~1 s (RetransTimer x DupAddrDetectTransmits plus a
+        # random delay), all of which would be added to every takeover. Uniqueness is what
+        # the election already guarantees; and in a split brain DAD would only mark our copy
+        # "dadfailed" and unusable instead of letting the NA settle it.
+        flags = IFA_F_NODAD if vip.family == 6 else 0
         try:
             _netlink(
-                self._ipr.addr,
-                "add",
-                budget=self._budget,
-                index=link["index"],
-                family=vip.af,
-                address=str(vip.ip),
-                prefixlen=vip.address.network.prefixlen,
-                **kwargs,
-            )
+                self._addr.add, index, vip.af, str(vip.ip), vip.address.network.prefixlen,
+                flags, budget=self._budget,
+            )  # fmt: skip
         except Exception as exc:
             if _errno_of(exc) == errno.EEXIST:
                 return False
@@ -207,20 +223,15 @@ class VipManager:
         return True
 
     def _remove_now(self, vip: Vip) -> bool:
-        """Worker side of remove()."""
-        link = self._link_now(vip.interface)
-        if link is None:
+        """remove(), in the calling thread."""
+        index = self._index(vip.interface)
+        if index is None:
             return False  # no interface, no address: clean-up after a crash must not fail
         try:
             _netlink(
-                self._ipr.addr,
-                "del",
+                self._addr.delete, index, vip.af, str(vip.ip), vip.address.network.prefixlen,
                 budget=self._budget,
-                index=link["index"],
-                family=vip.af,
-                address=str(vip.ip),
-                prefixlen=vip.address.network.prefixlen,
-            )
+            )  # fmt: skip
         except Exception as exc:
             if _errno_of(exc) in _ABSENT_ON_DELETE:
                 return False
