@@ -49,7 +49,12 @@ def gateway_argv(track: GatewayTrack) -> tuple[str, ...]:
     if track.method == "arp":
         if track.interface is None:
             raise ValueError("an ARP gateway check needs track.interface")
-        return ("arping", "-q", "-c", "1", "-w", wait, "-I", track.interface, str(track.address))
+        # Debian's arping (Habets): -i names the interface, -C 1 returns on the first reply
+        # (without it, arping sits out a whole 1 s interval); exit status 0 only on a reply.
+        return (
+            "arping", "-q", "-c", "1", "-C", "1", "-w", wait, "-i", track.interface,
+            str(track.address),
+        )  # fmt: skip
     argv = ["ping", "-q", "-n", "-c", "1", "-W", wait]
     if track.interface:
         argv += ["-I", track.interface]

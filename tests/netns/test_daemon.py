@@ -395,3 +395,45 @@ def test_release_after_a_kill_hands_the_vip_to_the_peer_before_its_dead_timer() 
         assert took_over and took_over[0]["reason"] == "peer_fault"
         assert float(took_over[0]["ts"]) - t0 < 2.0  # type: ignore[arg-type]
         assert lab.vip_holders() == ["b"]
+
+
+@pytest.mark.parametrize(
+    ("track", "break_it", "mend_it"),
+    [
+        (
+            'kind = "interface"\ninterface = "eth1"',
+            ["a", "ip", "link", "set", "eth1", "down"],
+            ["a", "ip", "link", "set", "eth1", "up"],
+        ),
+        (
+            f'kind = "gateway"\naddress = "{LAN4["r1"]}"\nmethod = "icmp"',
+            ["r1", "ip", "link", "set", "eth0", "down"],
+            ["r1", "ip", "link", "set", "eth0", "up"],
+        ),
+        (
+            f'kind = "gateway"\naddress = "{LAN4["r1"]}"\nmethod = "arp"\ninterface = "eth0"',
+            ["r1", "ip", "link", "set", "eth0", "down"],
+            ["r1", "ip", "link", "set", "eth0", "up"],
+        ),
+    ],
+    ids=["interface", "gateway-icmp", "gateway-arp"],
+)
+def test_tracked_interface_and_gateway_lower_the_priority(
+    track: str, break_it: list[str], mend_it: list[str]
+) -> None:
+    with make_lab(timers=FAST) as lab:
+        cfg = lab.hapair.config_path("a")
+        cfg.write_text(
+            cfg.read_text().replace(
+                "[runtime]",
+                f'[[track]]\n{track}\nweight = 60\ninterval = "200ms"\ntimeout = "200ms"\n'
+                "rise = 1\nfall = 1\n\n[runtime]",
+            )
+        )
+        start_pair(lab)
+        lab.exec(break_it[0], break_it[1:])  # a: 150 - 60 = 90 < b's 100
+        assert wait_for(lambda: lab.vip_holders() == ["b"], 5)
+        status = lab.hapair.status("a")
+        assert status is not None and status["priority"] == {"base": 150, "effective": 90}
+        lab.exec(mend_it[0], mend_it[1:])
+        assert wait_for(lambda: lab.vip_holders() == ["a"], 5)
