@@ -282,6 +282,8 @@ def _describe(ev: Event) -> str:
             + (f" {burst} burst" if burst else "")
             + (f", {rounds} x {frames} frames" if frames and rounds else "")
         )
+    if ev.name == "daemon_stopped" and ev.get("reason"):
+        return f"daemon stopped ({ev.get('reason')})"
     detail = ev.get("peer") or ev.get("vip")
     return ev.name + (f" {detail}" if detail else "")
 
