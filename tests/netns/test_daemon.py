@@ -84,6 +84,12 @@ def start_pair(lab: Lab) -> None:
     assert wait_for(lambda: lab.vip_holders() == ["a"] and role(lab, "b") == "BACKUP", 10)
 
 
+def add_track(lab: Lab, node: str, track: str) -> None:
+    """Append a ``[[track]]`` table (body ``track``) to ``node``'s configuration."""
+    cfg = lab.hapair.config_path(node)
+    cfg.write_text(cfg.read_text().replace("[runtime]", f"[[track]]\n{track}\n\n[runtime]"))
+
+
 def set_preempt(lab: Lab, node: str, on: bool) -> None:
     path = lab.hapair.config_path(node)
     text = path.read_text()
@@ -292,13 +298,11 @@ def test_stalled_backup_reads_pending_heartbeats_before_its_late_timer(lab: Lab)
 def test_failing_track_lowers_priority_and_the_peer_preempts(lab: Lab) -> None:
     flag = lab.dir / "a-healthy"
     flag.touch()
-    cfg = lab.hapair.config_path("a")
-    cfg.write_text(
-        cfg.read_text().replace(
-            "[runtime]",
-            f'[[track]]\nkind = "command"\ncommand = ["test", "-e", "{flag}"]\n'
-            'weight = 60\ninterval = "50ms"\ntimeout = "50ms"\nrise = 1\nfall = 2\n\n[runtime]',
-        )
+    add_track(
+        lab,
+        "a",
+        f'kind = "command"\ncommand = ["test", "-e", "{flag}"]\n'
+        'weight = 60\ninterval = "50ms"\ntimeout = "50ms"\nrise = 1\nfall = 2',
     )
     start_pair(lab)
     flag.unlink()  # a: 150 - 60 = 90 < b's 100
@@ -422,13 +426,10 @@ def test_tracked_interface_and_gateway_lower_the_priority(
     track: str, break_it: list[str], mend_it: list[str]
 ) -> None:
     with make_lab(timers=FAST) as lab:
-        cfg = lab.hapair.config_path("a")
-        cfg.write_text(
-            cfg.read_text().replace(
-                "[runtime]",
-                f'[[track]]\n{track}\nweight = 60\ninterval = "200ms"\ntimeout = "200ms"\n'
-                "rise = 1\nfall = 1\n\n[runtime]",
-            )
+        add_track(
+            lab,
+            "a",
+            f'{track}\nweight = 60\ninterval = "200ms"\ntimeout = "200ms"\nrise = 1\nfall = 1',
         )
         start_pair(lab)
         lab.exec(break_it[0], break_it[1:])  # a: 150 - 60 = 90 < b's 100
