@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
             "routes to peers, the UDP port) and configures nothing if any check fails.\n"
             "The node listens for one dead interval before it may claim the VIP.\n"
             "SIGTERM: a MASTER hands over to the peer, releases its VIPs and exits within 1 s.\n"
-            "SIGHUP: reload the file; an invalid file is refused and the old one kept."
+            "SIGHUP: reload the file; an invalid file is refused and the old one kept.\n"
+            "Priorities, timers, peers, key, checks and the VIP set apply live."
         ),
         epilog="exit status: 0 clean stop, 1 runtime error, 2 configuration error",
     )

@@ -188,7 +188,9 @@ class Daemon:
             ("cluster.name", old.cluster.name, new.cluster.name),
             ("cluster.port", old.cluster.port, new.cluster.port),
             ("runtime", old.runtime, new.runtime),
-            ("vip", old.vip, new.vip),
+            # The VIP set may change, but not the interfaces it lives on: carrier and ARP
+            # watches are set up per interface at start.
+            ("vip[*].interface", {v.interface for v in old.vip}, {v.interface for v in new.vip}),
         ]
         changed = [name for name, a, b in fixed if a != b]
         if changed:
@@ -198,7 +200,6 @@ class Daemon:
                 "(hapair handover first to avoid an outage)",
             }
         self.cfg = new
-        node.cfg = new
         node.key = key
         node.reconfigure(new)
         self.log.info("config_reloaded", source=self.config_path)

@@ -12,6 +12,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any, Final
 
 from hapair.config.model import Config, InterfaceTrack
@@ -119,7 +120,7 @@ class Node:
         clock: Clock,
         io: Adapters,
         state: PersistentState,
-        state_path: Any,
+        state_path: Path,
     ) -> None:
         self.cfg = cfg
         self.key = key
@@ -179,8 +180,31 @@ class Node:
         if cfg.track != old.track:
             self.checks = build_checks(cfg.track, now)
             self._initial_fitness()
+        self._change_vips(vips_of(cfg))
         self._perform(self.election.reconfigure(election_settings(cfg), now))
         self._refresh_fitness()
+
+    def _change_vips(self, new: tuple[Vip, ...]) -> None:
+        """Apply a reloaded VIP set: drop removed VIPs; a MASTER adds and announces new ones.
+
+        VIPs present in both sets are not touched, so a reload never blips them.
+        """
+        dropped = [v for v in self.vips if v not in new]
+        added = [v for v in new if v not in self.vips]
+        self.vips = new
+        for vip in dropped:
+            if vip in self.held:
+                try:
+                    self.io.vips.remove(vip)
+                except VipError as exc:
+                    self.log.error("vip_remove_failed", vip=str(vip.address), error=str(exc))
+                    continue
+                self.held.discard(vip)
+                self.log.info("vip_released", vip=str(vip.address), reason="removed_by_reload")
+        if added and self.election.role is Role.MASTER:
+            self._acquire("added_by_reload")
+            self._announce_logged.discard("reload")
+            self.schedule.start(self.clock.now(), "reload", second_burst=True)
 
     def request_handover(self) -> str | None:
         """Run a handover request now; return the refusal reason, or None if it started."""
@@ -484,6 +508,8 @@ class Node:
 
     def _acquire(self, reason: str) -> None:
         for vip in self.vips:
+            if vip in self.held:
+                continue
             try:
                 added = self.io.vips.add(vip)
             except VipError as exc:

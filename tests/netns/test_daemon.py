@@ -438,3 +438,32 @@ def test_tracked_interface_and_gateway_lower_the_priority(
         assert status is not None and status["priority"] == {"base": 150, "effective": 90}
         lab.exec(mend_it[0], mend_it[1:])
         assert wait_for(lambda: lab.vip_holders() == ["a"], 5)
+
+
+def test_reload_adds_and_drops_vips_without_touching_the_others(lab: Lab) -> None:
+    start_pair(lab)
+    extra = "10.77.0.51"
+    cfg = lab.hapair.config_path("a")
+    original = cfg.read_text()
+    cfg.write_text(
+        original.replace(
+            "[runtime]", f'[[vip]]\naddress = "{extra}/24"\ninterface = "eth0"\n\n[runtime]'
+        )
+    )
+    os.kill(lab.hapair.pids("a")[0], signal.SIGHUP)
+    assert wait_for(lambda: lab.has_vip("a", extra), 3)
+    assert lab.has_vip("a", VIP4)
+    assert not [e for e in events(lab, "vip_released", "a")]  # the first VIP never blinked
+    assert wait_for(lambda: bool(events(lab, "vip_set_mismatch", "b")), 3)  # b has the old set
+    cfg.write_text(original)
+    os.kill(lab.hapair.pids("a")[0], signal.SIGHUP)
+    assert wait_for(lambda: not lab.has_vip("a", extra), 3)
+    assert lab.has_vip("a", VIP4)
+    released = events(lab, "vip_released", "a")
+    assert [e["vip"] for e in released] == [f"{extra}/24"]
+    # A new interface needs a restart: refused, old configuration kept.
+    cfg.write_text(original.replace('interface = "eth0"', 'interface = "eth1"'))
+    os.kill(lab.hapair.pids("a")[0], signal.SIGHUP)
+    assert wait_for(lambda: bool(events(lab, "config_reload_failed", "a")), 3)
+    assert "vip[*].interface" in str(events(lab, "config_reload_failed", "a")[0]["error"])
+    assert lab.has_vip("a", VIP4)
