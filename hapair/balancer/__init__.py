@@ -1,0 +1,1 @@
+"""hapair.balancer: the local load balancer run by the pair (issue 3, in progress)."""
