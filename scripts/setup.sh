@@ -8,6 +8,7 @@ need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v arping >/dev/null || need+=(arping)
+command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
 if [ "${HAPAIR_WITH_KEEPALIVED:-0}" = 1 ] && ! command -v keepalived >/dev/null \
    && [ ! -x /usr/sbin/keepalived ]; then
   need+=(keepalived)
