@@ -31,3 +31,7 @@ class VipError(HapairError):
 
 class RuntimeSetupError(HapairError):
     """The daemon could not start: missing capability, port in use, no such interface..."""
+
+
+class BalancerError(HapairError):
+    """The local balancer's data plane refused a change (the previous one stays in place)."""

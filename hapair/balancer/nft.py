@@ -11,7 +11,8 @@ half-applied if the file is rejected). Schedulers map a number to a backend:
 - ``source-hash``: ``jhash`` of the client address (sticky), weighted the same way.
 
 Connection tracking keeps an established flow on its backend when the map changes: only new
-connections consult the map.
+connections consult the map. Only the node that holds the VIP translates (``fib daddr type
+local``), so the same ruleset can be loaded on both nodes (hot mode) and only the VIP moves.
 """
 
 from __future__ import annotations
@@ -91,8 +92,11 @@ def render_rule(svc: NatService) -> str:
     entries = ", ".join(
         f"{lo if lo == hi else f'{lo}-{hi}'} : {_target(svc.backends[i])}" for lo, hi, i in ranges
     )
+    # `fib daddr type local`: only the node that holds the VIP right now translates, so in
+    # hot mode a former master with stale clients does not keep serving (and hide a missing
+    # gratuitous ARP).
     return (
-        f"{family} daddr {svc.vip} {svc.proto} dport {svc.port} "
+        f"{family} daddr {svc.vip} fib daddr type local {svc.proto} dport {svc.port} "
         f"dnat {family} to {_selector(svc.scheduler, family, modulus)} map {{ {entries} }}"
     )
 

@@ -31,7 +31,7 @@ R2 = NatBackend(ipaddress.ip_address("10.77.0.22"), 8080, weight=1)
 )
 def test_each_scheduler_renders_its_map(scheduler: str, expected: str) -> None:
     rule = render_rule(NatService(VIP, 80, (R1, R2), scheduler))  # type: ignore[arg-type]
-    assert rule == f"ip daddr 10.77.0.50 tcp dport 80 dnat ip to {expected}"
+    assert rule == (f"ip daddr 10.77.0.50 fib daddr type local tcp dport 80 dnat ip to {expected}")
 
 
 def test_ruleset_replaces_only_hapairs_table_atomically() -> None:
