@@ -10,15 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from hapair.lab import shell
-from hapair.lab.events import Event, LogFollower, current_role, first
-from hapair.lab.nodes import PEER, PRIORITY, Timers
+from hapair.lab.events import Event, LogFollower, current_role
+from hapair.lab.nodes import PEER, PRIORITY, Timers, wait_started
 from hapair.lab.shell import LabError
 
 if TYPE_CHECKING:
     from hapair.lab.topology import Lab
 
 KEEPALIVED: Final = "/usr/sbin/keepalived"
-START_TIMEOUT: Final = 15.0
 VRID: Final = 77
 
 
@@ -126,14 +125,7 @@ vrrp_instance VI_1 {{
         ]
         self.lab.spawn(f"keepalived-{node}", node, argv, stamp_lines=True)
 
-        def started() -> bool:
-            if not self.running(node):
-                tail = self.log_path(node).read_text(errors="replace")[-3000:]
-                raise LabError(f"keepalived on {node} exited at start:\n{tail}")
-            return first(self.events(), "role_changed", node=node, after=since) is not None
-
-        if not shell.wait_until(started, timeout=START_TIMEOUT, step=0.02):
-            raise LabError(f"keepalived on {node} entered no state in {START_TIMEOUT:.0f}s")
+        wait_started(self, node, since, "role_changed", "entered no state")
 
     def log_path(self, node: str) -> Path:
         """Return `node`'s timestamped keepalived log."""

@@ -69,11 +69,27 @@ class Pair(Protocol):
     def pids(self, node: str) -> list[int]:
         """Return the pids of the daemon's processes on `node`."""
 
+    def log_path(self, node: str) -> Path:
+        """Return the daemon's log file on `node`."""
+
     def events(self) -> list[Event]:
         """Return both nodes' log events in time order."""
 
     def role(self, node: str) -> str | None:
         """Return `node`'s current role per its log (None when not running)."""
+
+
+def wait_started(pair: Pair, node: str, since: float, event: str, failure: str) -> None:
+    """Wait (bounded) until `pair`'s daemon on `node` logs `event`; LabError if it dies first."""
+
+    def started() -> bool:
+        if not pair.running(node):
+            tail = pair.log_path(node).read_text(errors="replace")[-3000:]
+            raise LabError(f"{pair.label} on {node} exited at start:\n{tail}")
+        return first(pair.events(), event, node=node, after=since) is not None
+
+    if not shell.wait_until(started, timeout=START_TIMEOUT, step=0.02):
+        raise LabError(f"{pair.label} on {node} {failure} in {START_TIMEOUT:.0f}s")
 
 
 def _toml_list(items: list[str]) -> str:
@@ -142,14 +158,7 @@ class HapairPair:
             [sys.executable, "-m", "hapair", "run", "-c", str(self.config_path(node))],
         )
 
-        def started() -> bool:
-            if not self.running(node):
-                tail = self.log_path(node).read_text(errors="replace")[-3000:]
-                raise LabError(f"hapair on {node} exited at start:\n{tail}")
-            return first(self.events(), "daemon_started", node=node, after=since) is not None
-
-        if not shell.wait_until(started, timeout=START_TIMEOUT, step=0.02):
-            raise LabError(f"hapair on {node} logged no daemon_started in {START_TIMEOUT:.0f}s")
+        wait_started(self, node, since, "daemon_started", "logged no daemon_started")
 
     def kill(self, node: str) -> None:
         """SIGKILL the daemon's whole process group."""
