@@ -386,6 +386,93 @@ class Log(_Model):
     format: Literal["auto", "console", "json"] = "auto"
 
 
+def _parse_endpoint(value: object) -> tuple[IpAddress, int]:
+    hint = 'use "10.0.1.21:8080" or "[fd00::21]:8080"'
+    if not isinstance(value, str) or ":" not in value:
+        raise problem(f"must be ADDRESS:PORT: {hint} (got {toml_repr(value)})")
+    host, _, port = value.strip().rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ip_address(host)
+    except ValueError:
+        raise problem(f"{value!r}: {host!r} is not an IP address ({hint})") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise problem(f"{value!r}: the port must be 1 to 65535 ({hint})")
+    if address.is_unspecified or address.is_multicast:
+        raise problem(f"{value!r} is not a unicast host address")
+    return address, int(port)
+
+
+def _balancer_kind(value: object) -> Literal["nat"]:
+    if value == "nat":
+        return "nat"
+    if value in ("dr", "proxy", "redirect", "dns"):
+        raise problem(f"kind {value!r} is not available in this version yet (available: nat)")
+    raise problem(
+        f'must be one of "nat", "dr", "proxy", "redirect", "dns" (got {toml_repr(value)})'
+    )
+
+
+Endpoint = Annotated[tuple[IpAddress, int], PlainValidator(_parse_endpoint)]
+
+
+class BackendCheck(_Model):
+    """How backends are probed: tcp connect, http GET, or not at all."""
+
+    kind: Literal["tcp", "http", "none"] = "tcp"
+    path: str = "/"
+    expect_status: Annotated[int, _int_between(100, 599)] = 200
+    body: str | None = None
+    interval: Annotated[Duration, _duration_between(0.05, 3600.0)] = 1.0
+    timeout: Annotated[Duration, _duration_between(0.01, 3600.0)] = 0.5
+    rise: Annotated[int, _int_between(1, 100)] = 2
+    fall: Annotated[int, _int_between(1, 100)] = 3
+
+    def _problems(self) -> Problems:
+        if self.timeout > self.interval:
+            return [("timeout", "must not exceed interval: probes would overlap")]
+        return []
+
+
+class Backend(_Model):
+    """One real server."""
+
+    address: Endpoint
+    weight: Annotated[int, _int_between(1, 1000)] = 1
+    check: BackendCheck | None = None
+
+
+class Balancer(_Model):
+    """The local load balancer run by the pair."""
+
+    kind: Annotated[Literal["nat"], PlainValidator(_balancer_kind)]
+    scheduler: Literal["rr", "random", "weighted", "source-hash"] = "rr"
+    mode: Literal["hot", "cold"] = "hot"
+    listen: Endpoint
+    protocol: Literal["tcp", "udp"] = "tcp"
+    masquerade: StrictBool = False
+    backend: Annotated[tuple[Backend, ...], AfterValidator(_non_empty("[[balancer.backend]]"))]
+    check: BackendCheck = Field(default_factory=BackendCheck)
+
+    def _problems(self) -> Problems:
+        problems: Problems = []
+        seen: dict[tuple[IpAddress, int], int] = {}
+        for index, b in enumerate(self.backend):
+            if b.address in seen:
+                problems.append(
+                    (f"backend[{index}].address", f"duplicates backend[{seen[b.address]}]")
+                )
+            seen.setdefault(b.address, index)
+            if b.address[0].version != self.listen[0].version:
+                problems.append(
+                    (
+                        f"backend[{index}].address",
+                        f"must be IPv{self.listen[0].version} like listen",
+                    )
+                )
+        return problems
+
+
 class Config(_Model):
     """A whole validated hapair configuration."""
 
@@ -396,6 +483,7 @@ class Config(_Model):
     track: tuple[Track, ...] = ()
     runtime: Runtime = Field(default_factory=Runtime)
     log: Log = Field(default_factory=Log)
+    balancer: Balancer | None = None
 
     _source: str = PrivateAttr(default="")
 
@@ -476,4 +564,8 @@ class Config(_Model):
             )
         if socket == self.state_file_path:
             problems.append(("runtime.state_file", "must differ from the control socket path"))
+        if self.balancer is not None and self.balancer.listen[0] not in first_seen:
+            problems.append(
+                ("balancer.listen", f"{self.balancer.listen[0]} is not one of the VIPs")
+            )
         return problems

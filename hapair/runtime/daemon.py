@@ -14,13 +14,14 @@ import signal
 from typing import Any, Final
 
 from hapair.config import Config, load_config, read_secret
-from hapair.errors import ConfigError, HapairError, RuntimeSetupError, VipError
+from hapair.errors import BalancerError, ConfigError, HapairError, RuntimeSetupError, VipError
 from hapair.log import configure, get_logger
 from hapair.net.garp import Announcer
 from hapair.net.routes import has_route
 from hapair.net.transport import UdpTransport
 from hapair.net.vip import VipManager
 from hapair.net.watch import ArpWatcher, NetlinkWatcher
+from hapair.runtime.balancer import NatBalancer, check_forwarding
 from hapair.runtime.clock import MonotonicClock
 from hapair.runtime.control import ControlServer
 from hapair.runtime.node import Adapters, Node, vips_of
@@ -126,11 +127,21 @@ class Daemon:
             stale = remove_stale_vips(cfg, vips)
             if stale:
                 self.log.warning("stale_vip_removed", vips=stale, reason="left by an earlier run")
+            balancer: NatBalancer | None = None
+            if cfg.balancer is not None:
+                balancer = NatBalancer(cfg.balancer, MonotonicClock().now())
+                stack.callback(balancer.stop)  # at exit, and if start-up fails from here on
+                if cfg.balancer.mode == "hot":
+                    try:
+                        balancer.start()
+                    except BalancerError as exc:
+                        raise RuntimeSetupError(f"balancer: {exc}") from exc
+                    self.log.info("balancer_started", kind=cfg.balancer.kind, mode="hot")
             node = Node(
                 cfg,
                 self.key,
                 MonotonicClock(),
-                Adapters(transport, vips, announcer, netlink, arp),
+                Adapters(transport, vips, announcer, netlink, arp, balancer),
                 state,
                 state_path,
             )
@@ -191,6 +202,7 @@ class Daemon:
             # The VIP set may change, but not the interfaces it lives on: carrier and ARP
             # watches are set up per interface at start.
             ("vip[*].interface", {v.interface for v in old.vip}, {v.interface for v in new.vip}),
+            ("balancer", old.balancer, new.balancer),
         ]
         changed = [name for name, a, b in fixed if a != b]
         if changed:
@@ -234,6 +246,8 @@ def run_daemon(config_path: str, log_format: str | None = None) -> int:
         check_host(cfg, vips)  # before the loop: route look-ups use pyroute2's own loop
     finally:
         vips.close()
+    if cfg.balancer is not None:
+        check_forwarding(cfg.balancer)
     os.umask(0o007)
     daemon = Daemon(config_path, cfg, key)
     return asyncio.run(daemon.run())

@@ -15,6 +15,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Final
 
+from hapair.balancer.probes import probe
 from hapair.config.model import Config, InterfaceTrack
 from hapair.core.actions import (
     AcquireVips,
@@ -42,7 +43,7 @@ from hapair.core.events import (
 )
 from hapair.core.priority import compute_fitness
 from hapair.core.roles import Role
-from hapair.errors import VipError
+from hapair.errors import BalancerError, VipError
 from hapair.log import get_logger
 from hapair.net.garp import Announcer
 from hapair.net.tracking import Check, build_checks, run_probe
@@ -55,6 +56,7 @@ from hapair.net.watch import (
     EventsLost,
     NetlinkWatcher,
 )
+from hapair.runtime.balancer import NatBalancer
 from hapair.runtime.clock import Clock
 from hapair.runtime.conflicts import ConflictResponder
 from hapair.runtime.state import PersistentState, save_state
@@ -108,6 +110,7 @@ class Adapters:
     announcer: Announcer
     netlink: NetlinkWatcher
     arp: dict[str, ArpWatcher] = field(default_factory=dict)
+    balancer: NatBalancer | None = None
 
 
 class Node:
@@ -247,7 +250,8 @@ class Node:
 
     def _next_deadline(self) -> float:
         deadlines = [self.election.next_deadline(), self._next_save]
-        for nxt in (self.schedule.next_deadline(), self.conflicts.next_deadline()):
+        board = self.io.balancer.board.next_deadline() if self.io.balancer else None
+        for nxt in (self.schedule.next_deadline(), self.conflicts.next_deadline(), board):
             if nxt is not None:
                 deadlines.append(nxt)
         deadlines += [c.next_due for c in self.checks if c.argv and not c.running]
@@ -268,6 +272,7 @@ class Node:
         self._answer_conflict()
         self._run_announcements()
         self._start_due_probes()
+        self._start_backend_probes()
         now = self.clock.now()
         if now >= self._next_save:
             self.save_state_file()
@@ -451,6 +456,34 @@ class Node:
                 self._probe_tasks.add(task)
                 task.add_done_callback(self._probe_tasks.discard)
 
+    def _start_backend_probes(self) -> None:
+        balancer = self.io.balancer
+        if balancer is None:
+            return
+        for name in balancer.board.due(self.clock.now()):
+            task = asyncio.ensure_future(self._probe_backend(balancer, name))
+            self._probe_tasks.add(task)
+            task.add_done_callback(self._probe_tasks.discard)
+
+    async def _probe_backend(self, balancer: NatBalancer, name: str) -> None:
+        ok, reason = await probe(balancer.specs[name])
+        try:
+            change = balancer.record(name, ok, reason, self.clock.now())
+        except BalancerError as exc:
+            self._balancer_failed(exc)
+            return
+        finally:
+            self._wake.set()
+        if change is not None:
+            event = "backend_up" if change.up else "backend_down"
+            log = self.log.info if change.up else self.log.warning
+            log(event, backend=name, reason=change.reason, pool=balancer.board.healthy())
+
+    def _balancer_failed(self, exc: BalancerError) -> None:
+        """The data plane refused a change: this node cannot serve, so the peer should."""
+        self.log.error("balancer_failed", error=str(exc))
+        self._handle(FitnessChanged(0, True, "balancer_failed"))
+
     async def _probe(self, check: Check) -> None:
         ok = await run_probe(check.argv, check.track.timeout)
         check.running = False
@@ -503,6 +536,18 @@ class Node:
         )
         if action.to_role is not Role.MASTER:
             self.schedule.stop()
+        balancer = self.io.balancer
+        if balancer is not None and balancer.cfg.mode == "cold":
+            # Cold: the balancer runs on the MASTER only, started before the VIP is announced.
+            try:
+                if action.to_role is Role.MASTER:
+                    balancer.start()
+                    self.log.info("balancer_started", kind=balancer.cfg.kind, mode="cold")
+                elif balancer.active:
+                    balancer.stop()
+                    self.log.info("balancer_stopped", kind=balancer.cfg.kind, mode="cold")
+            except BalancerError as exc:
+                self._balancer_failed(exc)
         # Persist at the end of this step: the VIP and its first GARP must not wait for disk.
         self._next_save = self.clock.now()
 
@@ -587,7 +632,7 @@ class Node:
 
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot for ``hapair status``."""
-        return build_status(
+        status = build_status(
             self.cfg,
             self.election,
             held=self.held,
@@ -596,6 +641,9 @@ class Node:
             transition_wall=self.last_transition_wall,
             started_wall=self.started_wall,
         )
+        if self.io.balancer is not None:
+            status["balancer"] = self.io.balancer.status()
+        return status
 
     def shutdown(self) -> None:
         """SIGTERM: resign gracefully (the election bounds the wait)."""

@@ -10,14 +10,16 @@ short bound), so clients never face a moment with nobody holding the address.
 from __future__ import annotations
 
 import select
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from hapair.balancer.nat import NatDataPlane
 from hapair.config import Config, load_config, read_secret
 from hapair.core.roles import Role
-from hapair.errors import ConfigError, HapairError, RuntimeSetupError
+from hapair.errors import BalancerError, ConfigError, HapairError, RuntimeSetupError
 from hapair.net.transport import UdpTransport
 from hapair.net.vip import VipManager
 from hapair.runtime.control import is_live
@@ -64,6 +66,12 @@ def release(config_path: str, force: bool = False) -> ReleaseReport:
                 report.removed.append(str(vip))
     finally:
         vips.close()
+    if cfg.balancer is not None and not live:
+        try:
+            if NatDataPlane().remove():
+                report.removed.append("nftables table inet hapair")
+        except (BalancerError, OSError, subprocess.SubprocessError) as exc:
+            report.notes.append(f"could not remove the nftables table: {exc}")
     if sock.exists() and not live:
         sock.unlink()
         report.removed.append(f"stale control socket {sock}")

@@ -1,0 +1,164 @@
+"""`hapair run` with a `nat` balancer in the lab: spread, probes, recovery, failover, release."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from hapair.lab.events import Event
+from hapair.lab.nodes import Timers
+from hapair.lab.topology import LAN4, VIP4, Lab
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+]
+
+FAST = Timers(interval=0.05, dead_after=4)
+PROBE_INTERVAL = 0.2
+FALL = 2
+
+BALANCER = f"""
+[balancer]
+kind = "nat"
+scheduler = "SCHED"
+mode = "MODE"
+listen = "{VIP4}:8080"
+masquerade = true
+
+[balancer.check]
+kind = "http"
+path = "/"
+interval = "{int(PROBE_INTERVAL * 1000)}ms"
+timeout = "150ms"
+rise = 1
+fall = {FALL}
+
+[[balancer.backend]]
+address = "{LAN4["r1"]}:80"
+weight = 2
+
+[[balancer.backend]]
+address = "{LAN4["r2"]}:80"
+"""
+
+GET = """
+import socket, sys
+names = []
+for _ in range(int(sys.argv[2])):
+    try:
+        with socket.create_connection((sys.argv[1], 8080), timeout=1) as s:
+            s.sendall(b"GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        names.append(data.split(b"\\r\\n\\r\\n", 1)[1].decode().strip())
+    except OSError:
+        names.append("FAILED")
+print(" ".join(names))
+"""
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / step) + 2):
+        if pred() or time.monotonic() >= deadline:
+            break
+        time.sleep(step)
+    return bool(pred())
+
+
+def fetch(lab: Lab, count: int) -> list[str]:
+    return lab.python("c", ["-c", GET, VIP4, str(count)]).stdout.split()
+
+
+def make(scheduler: str = "weighted", mode: str = "hot") -> Lab:
+    lab = Lab(f"hb{os.getpid() % 10000}", timers=FAST)
+    lab.up()
+    try:
+        for node in ("a", "b"):
+            cfg = lab.hapair.config_path(node)
+            text = BALANCER.replace("SCHED", scheduler).replace("MODE", mode)
+            cfg.write_text(cfg.read_text() + text)
+            lab.exec(node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        lab.hapair.start("a")
+        lab.hapair.start("b")
+        assert wait_for(lambda: lab.vip_holders() == ["a"], 10)
+    except BaseException:
+        lab.down()
+        raise
+    return lab
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    lab = make()
+    try:
+        yield lab
+    finally:
+        lab.down()
+
+
+def nft_table(lab: Lab, node: str) -> str:
+    return lab.exec(node, ["nft", "list", "table", "inet", "hapair"], check=False).stdout
+
+
+def test_weighted_spread_then_a_dead_backend_leaves_and_returns(lab: Lab) -> None:
+    assert Counter(fetch(lab, 30)) == {"r1": 20, "r2": 10}
+    t0 = time.time()
+    lab.stop("service-r1", sig=signal.SIGKILL)
+
+    def downs() -> list[Event]:
+        return [e for e in lab.hapair.events() if e.name == "backend_down" and e.node == "a"]
+
+    assert wait_for(lambda: bool(downs()), FALL * PROBE_INTERVAL + 2.0)
+    assert downs()[0].ts - t0 <= FALL * PROBE_INTERVAL + 1.0
+    assert downs()[0].fields["backend"] == f"{LAN4['r1']}:80"
+    assert set(fetch(lab, 10)) == {"r2"}  # no client request fails once it is out
+    status = lab.hapair.status("a")
+    assert status is not None
+    assert status["balancer"]["backends"][f"{LAN4['r1']}:80"]["up"] is False  # type: ignore[index]
+    # The backend recovers: after `rise` good probes it is back in the pool.
+    argv = [sys.executable, "-m", "hapair.lab.service", "--name", "r1", "--vip", LAN4["r1"]]
+    lab.spawn("service-r1", "r1", argv, stdout=subprocess.DEVNULL)
+    assert wait_for(
+        lambda: any(e.name == "backend_up" and e.node == "a" for e in lab.hapair.events()), 5
+    )
+    assert Counter(fetch(lab, 30)) == {"r1": 20, "r2": 10}
+
+
+def test_failover_keeps_the_service_answering(lab: Lab) -> None:
+    assert "fib daddr type local" in nft_table(lab, "b")  # hot: b has the rules already
+    lab.hapair.kill("a")
+    lab.set_host_links("a", up=False)
+    assert wait_for(lambda: lab.has_vip("b"), 5)
+    assert set(fetch(lab, 6)) == {"r1", "r2"}
+
+
+def test_exit_and_release_remove_the_table(lab: Lab) -> None:
+    lab.hapair.terminate("b")
+    assert nft_table(lab, "b") == ""  # a clean exit removes it
+    lab.hapair.kill("a")  # a SIGKILL leaves it; release (ExecStopPost) removes it
+    assert "hapair" in nft_table(lab, "a")
+    proc = lab.python("a", ["-m", "hapair", "release", "-c", str(lab.hapair.config_path("a"))])
+    assert "nftables table inet hapair" in proc.stdout
+    assert nft_table(lab, "a") == ""
+
+
+def test_cold_mode_loads_the_rules_on_the_master_only() -> None:
+    lab = make(scheduler="rr", mode="cold")
+    try:
+        assert "hapair" in nft_table(lab, "a") and nft_table(lab, "b") == ""
+        assert sorted(set(fetch(lab, 4))) == ["r1", "r2"]
+        lab.hapair.terminate("a")  # graceful: b takes over and starts its balancer first
+        assert wait_for(lambda: lab.has_vip("b") and "hapair" in nft_table(lab, "b"), 5)
+        assert sorted(set(fetch(lab, 4))) == ["r1", "r2"]
+    finally:
+        lab.down()
