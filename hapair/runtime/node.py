@@ -31,7 +31,7 @@ from hapair.core.actions import (
     Stopped,
     VipSetMismatch,
 )
-from hapair.core.announce import AnnounceSchedule, AnnounceTimers
+from hapair.core.announce import AnnounceTimers
 from hapair.core.election import Election, ElectionSettings
 from hapair.core.events import (
     Event,
@@ -43,7 +43,7 @@ from hapair.core.events import (
 )
 from hapair.core.priority import compute_fitness
 from hapair.core.roles import Role
-from hapair.errors import BalancerError, VipError
+from hapair.errors import BalancerError
 from hapair.log import get_logger
 from hapair.net.garp import Announcer
 from hapair.net.tracking import Check, build_checks, run_probe
@@ -61,6 +61,7 @@ from hapair.runtime.clock import Clock
 from hapair.runtime.conflicts import ConflictResponder
 from hapair.runtime.state import PersistentState, save_state
 from hapair.runtime.status import build_status
+from hapair.runtime.vipholder import VipHolder
 from hapair.wire.heartbeat import (
     Heartbeat,
     Rejected,
@@ -134,14 +135,15 @@ class Node:
         self.log = get_logger()
         now = clock.now()
         self.election = Election(election_settings(cfg), now)
-        self.schedule = AnnounceSchedule(announce_timers(cfg))
         self.vips = vips_of(cfg)
+        self.holder = VipHolder(
+            self.vips, io.vips, io.announcer, announce_timers(cfg), clock, self.log
+        )
         self.cluster_id = cluster_id(cfg.cluster.name)
         self.replay = ReplayGuard()
         self.replay.restore(state.replay_marks)
         self.rejects = RejectCounter()
         self.seq = 0
-        self.held: set[Vip] = set()
         self.checks: list[Check] = build_checks(cfg.track, now)
         self.carrier: dict[str, bool] = {}
         self.started_wall = time.time()
@@ -151,7 +153,6 @@ class Node:
         self.conflicts = ConflictResponder()
         self._macs: dict[str, bytes] = {}
         self._accepted_on: dict[str, str] = {}
-        self._announce_logged: set[str] = set()
         self._next_save = now + STATE_SAVE_INTERVAL
         self._probe_tasks: set[asyncio.Task[None]] = set()
         self.last_transition_wall: float | None = None
@@ -179,35 +180,16 @@ class Node:
         old = self.cfg
         self.cfg = cfg
         self.io.transport.set_peers(cfg.cluster.peers)
-        self.schedule.timers = announce_timers(cfg)
+        self.holder.schedule.timers = announce_timers(cfg)
         if cfg.track != old.track:
             self.checks = build_checks(cfg.track, now)
             self._initial_fitness()
-        self._change_vips(vips_of(cfg))
+        failed = self.holder.change(vips_of(cfg), self.election.role is Role.MASTER)
+        self.vips = self.holder.vips
+        if failed:
+            self._handle(FitnessChanged(0, True, failed))
         self._perform(self.election.reconfigure(election_settings(cfg), now))
         self._refresh_fitness()
-
-    def _change_vips(self, new: tuple[Vip, ...]) -> None:
-        """Apply a reloaded VIP set: drop removed VIPs; a MASTER adds and announces new ones.
-
-        VIPs present in both sets are not touched, so a reload never blips them.
-        """
-        dropped = [v for v in self.vips if v not in new]
-        added = [v for v in new if v not in self.vips]
-        self.vips = new
-        for vip in dropped:
-            if vip in self.held:
-                try:
-                    self.io.vips.remove(vip)
-                except VipError as exc:
-                    self.log.error("vip_remove_failed", vip=str(vip.address), error=str(exc))
-                    continue
-                self.held.discard(vip)
-                self.log.info("vip_released", vip=str(vip.address), reason="removed_by_reload")
-        if added and self.election.role is Role.MASTER:
-            self._acquire("added_by_reload")
-            self._announce_logged.discard("reload")
-            self.schedule.start(self.clock.now(), "reload", second_burst=True)
 
     def request_handover(self) -> str | None:
         """Run a handover request now; return the refusal reason, or None if it started."""
@@ -251,7 +233,8 @@ class Node:
     def _next_deadline(self) -> float:
         deadlines = [self.election.next_deadline(), self._next_save]
         board = self.io.balancer.board.next_deadline() if self.io.balancer else None
-        for nxt in (self.schedule.next_deadline(), self.conflicts.next_deadline(), board):
+        announce = self.holder.schedule.next_deadline()
+        for nxt in (announce, self.conflicts.next_deadline(), board):
             if nxt is not None:
                 deadlines.append(nxt)
         deadlines += [c.next_due for c in self.checks if c.argv and not c.running]
@@ -270,7 +253,7 @@ class Node:
             self._handle(event)
         self._handle(Tick())
         self._answer_conflict()
-        self._run_announcements()
+        self.holder.run_announcements()
         self._start_due_probes()
         self._start_backend_probes()
         now = self.clock.now()
@@ -329,7 +312,9 @@ class Node:
                 self._on_address_removed(ev)
             elif isinstance(ev, EventsLost):
                 self._macs.clear()
-                self._verify_held_vips()
+                if self.election.role is Role.MASTER:
+                    for vip in self.holder.missing():
+                        self.holder.restore(vip)
             elif (
                 isinstance(ev, CarrierChanged)
                 and ev.interface in self.carrier
@@ -343,31 +328,12 @@ class Node:
 
     def _on_address_removed(self, ev: AddressRemoved) -> None:
         for vip in self.vips:
-            if vip.interface == ev.interface and vip.address == ev.address:
-                self._restore(vip)
-
-    def _verify_held_vips(self) -> None:
-        """Netlink dropped events: check every held VIP is still there."""
-        for vip in list(self.held):
-            try:
-                present = self.io.vips.present(vip)
-            except VipError:
-                present = False
-            if not present:
-                self._restore(vip)
-
-    def _restore(self, vip: Vip) -> None:
-        """A held VIP vanished behind our back: put it back and announce it (MASTER only)."""
-        if vip not in self.held or self.election.role is not Role.MASTER:
-            return
-        self.log.warning("vip_removed_externally", vip=str(vip.address), action="restore")
-        try:
-            self.io.vips.add(vip)
-        except VipError as exc:
-            self.log.error("vip_restore_failed", vip=str(vip.address), error=str(exc))
-            return
-        self.log.info("vip_restored", vip=str(vip.address), interface=vip.interface)
-        self.schedule.start(self.clock.now(), "restored", second_burst=False)
+            if (
+                vip.interface == ev.interface
+                and vip.address == ev.address
+                and self.election.role is Role.MASTER
+            ):
+                self.holder.restore(vip)
 
     def _read_arp(self) -> None:
         if self.election.role is not Role.MASTER:
@@ -405,8 +371,7 @@ class Node:
         for vip, mac in conflicts.items():
             self.log.warning("vip_conflict", vip=vip, mac=mac, action="re-announce")
         self.conflicts.answered(list(conflicts), now)
-        self._announce_logged.discard("conflict")
-        self.schedule.start(now, "conflict", second_burst=False)
+        self.holder.announce("conflict", second_burst=False)
 
     # -- fitness -------------------------------------------------------------------------
 
@@ -500,15 +465,13 @@ class Node:
             if isinstance(action, RoleChanged):
                 self._on_role_changed(action)
             elif isinstance(action, AcquireVips):
-                self._acquire(action.reason)
+                failed = self.holder.acquire(action.reason)
+                if failed:
+                    self._handle(FitnessChanged(0, True, failed))
             elif isinstance(action, ReleaseVips):
-                self._release(action.reason)
+                self.holder.release(action.reason)
             elif isinstance(action, Announce):
-                self._announce_logged -= {action.reason, "second", "refresh"}
-                self.schedule.start(
-                    self.clock.now(), action.reason, second_burst=action.reason == "takeover"
-                )
-                self._run_announcements()
+                self.holder.announce(action.reason, second_burst=action.reason == "takeover")
             elif isinstance(action, SendHeartbeat):
                 self._send_heartbeat(action.resigning)
             elif isinstance(action, PeerLost):
@@ -535,7 +498,7 @@ class Node:
             priority=self.election.effective_priority,
         )
         if action.to_role is not Role.MASTER:
-            self.schedule.stop()
+            self.holder.schedule.stop()
         balancer = self.io.balancer
         if balancer is not None and balancer.cfg.mode == "cold":
             # Cold: the balancer runs on the MASTER only, started before the VIP is announced.
@@ -550,57 +513,6 @@ class Node:
                 self._balancer_failed(exc)
         # Persist at the end of this step: the VIP and its first GARP must not wait for disk.
         self._next_save = self.clock.now()
-
-    def _acquire(self, reason: str) -> None:
-        for vip in self.vips:
-            if vip in self.held:
-                continue
-            try:
-                added = self.io.vips.add(vip)
-            except VipError as exc:
-                self.log.error("vip_add_failed", vip=str(vip.address), error=str(exc))
-                self._handle(FitnessChanged(0, True, f"vip_add_failed:{vip.address}"))
-                return
-            self.held.add(vip)
-            self.log.info(
-                "vip_acquired",
-                vip=str(vip.address),
-                interface=vip.interface,
-                reason=reason,
-                already_present=not added,
-            )
-
-    def _release(self, reason: str) -> None:
-        self.schedule.stop()
-        for vip in self.vips:
-            try:
-                removed = self.io.vips.remove(vip)
-            except VipError as exc:
-                self.log.error("vip_remove_failed", vip=str(vip.address), error=str(exc))
-                continue
-            self.held.discard(vip)
-            if removed:
-                self.log.info("vip_released", vip=str(vip.address), reason=reason)
-
-    def _run_announcements(self) -> None:
-        rounds = self.schedule.due(self.clock.now())
-        for reason in rounds:
-            frames = 0
-            for vip in self.held:
-                try:
-                    frames += self.io.announcer.announce(vip)
-                except VipError as exc:
-                    self.log.error("garp_failed", vip=str(vip.address), error=str(exc))
-            if reason not in self._announce_logged:
-                # One line per burst, not per frame.
-                self._announce_logged.add(reason)
-                self.log.info(
-                    "garp_sent",
-                    burst=reason,
-                    vips=[str(v.address) for v in self.held],
-                    frames_per_round=frames,
-                    rounds=1 if reason == "refresh" else self.schedule.timers.burst,
-                )
 
     def _send_heartbeat(self, resigning: bool) -> None:
         e = self.election
@@ -635,7 +547,7 @@ class Node:
         status = build_status(
             self.cfg,
             self.election,
-            held=self.held,
+            held=self.holder.held,
             rejected=self.rejects.counts(),
             now=self.clock.now(),
             transition_wall=self.last_transition_wall,
