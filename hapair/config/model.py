@@ -451,11 +451,15 @@ class Balancer(_Model):
     listen: Endpoint
     protocol: Literal["tcp", "udp"] = "tcp"
     masquerade: StrictBool = False
+    all_down: Literal["keep", "sorry"] = "keep"
+    sorry: Endpoint | None = None
     backend: Annotated[tuple[Backend, ...], AfterValidator(_non_empty("[[balancer.backend]]"))]
     check: BackendCheck = Field(default_factory=BackendCheck)
 
     def _problems(self) -> Problems:
         problems: Problems = []
+        if self.all_down == "sorry" and self.sorry is None:
+            problems.append(("sorry", 'required when all_down = "sorry" (e.g. "10.0.1.99:80")'))
         seen: dict[tuple[IpAddress, int], int] = {}
         for index, b in enumerate(self.backend):
             if b.address in seen:

@@ -54,17 +54,21 @@ class NatBalancer:
         self.active = False
 
     def service(self) -> NatService:
-        """The service over the healthy backends; with none healthy, every backend.
+        """The service over the healthy backends, never an empty pool.
 
-        An empty pool would blackhole the VIP silently; keeping the configured pool lets the
-        clients' own retries find a backend that recovers before the probes notice.
+        With every backend down: ``all_down = "keep"`` keeps the configured pool (clients'
+        retries find a backend that recovers before the probes notice); ``"sorry"`` sends
+        everyone to the sorry server. An empty map would blackhole the VIP silently.
         """
-        healthy = self.board.healthy() or list(self.backends)
-        pool = tuple(
-            NatBackend(self.backends[n].address[0], self.backends[n].address[1],
-                       self.backends[n].weight)
-            for n in healthy
-        )  # fmt: skip
+        healthy = self.board.healthy()
+        if not healthy and self.cfg.all_down == "sorry" and self.cfg.sorry is not None:
+            pool: tuple[NatBackend, ...] = (NatBackend(*self.cfg.sorry),)
+        else:
+            pool = tuple(
+                NatBackend(self.backends[n].address[0], self.backends[n].address[1],
+                           self.backends[n].weight)
+                for n in healthy or list(self.backends)
+            )  # fmt: skip
         return NatService(
             self.cfg.listen[0], self.cfg.listen[1], pool, self.cfg.scheduler,
             self.cfg.protocol, self.cfg.masquerade,
