@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from hapair.lab import shell
-from hapair.lab.events import Event, LogFollower, current_role
-from hapair.lab.nodes import PEER, PRIORITY, Timers, wait_started
+from hapair.lab.nodes import PEER, PRIORITY, LogReadingPair, Timers, wait_started
 from hapair.lab.shell import LabError
 
 if TYPE_CHECKING:
@@ -31,15 +30,16 @@ def _seconds(value: float) -> str:
     return f"{value:.3f}".rstrip("0").rstrip(".")
 
 
-class KeepalivedPair:
+class KeepalivedPair(LogReadingPair):
     """keepalived on nodes a and b: one VRRPv3 instance, unicast over the LAN, same VIP."""
 
     label = "keepalived"
+    keepalived_logs = True
 
     def __init__(self, lab: Lab, timers: Timers, *, binary: str | None = None) -> None:
         self.lab = lab
         self.timers = timers
-        self._logs: dict[str, LogFollower] = {}
+        super().__init__()
         binary = binary or keepalived_path()
         if binary is None:
             raise LabError("keepalived is not installed (apt-get install keepalived)")
@@ -158,17 +158,3 @@ vrrp_instance VI_1 {{
         if proc is None or not self.running(node):
             return []
         return shell.group_pids(proc.pid)
-
-    def events(self) -> list[Event]:
-        """Return both nodes' events from keepalived's timestamped log lines."""
-        for n in PEER:
-            if n not in self._logs:
-                self._logs[n] = LogFollower(n, self.log_path(n), keepalived=True)
-        evs = [ev for n in PEER for ev in self._logs[n].events()]
-        return sorted(evs, key=lambda e: e.ts)
-
-    def role(self, node: str) -> str | None:
-        """Return `node`'s current VRRP state per its log (None when not running)."""
-        if not self.running(node):
-            return None
-        return current_role([ev for ev in self.events() if ev.node == node])

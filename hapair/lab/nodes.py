@@ -96,7 +96,38 @@ def _toml_list(items: list[str]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
 
-class HapairPair:
+class LogReadingPair:
+    """What both pairs share: each node's log file read as events, and the role it implies."""
+
+    keepalived_logs = False
+
+    def __init__(self) -> None:
+        self._logs: dict[str, LogFollower] = {}
+
+    def log_path(self, node: str) -> Path:
+        """Return the daemon's log file on `node`."""
+        raise NotImplementedError
+
+    def running(self, node: str) -> bool:
+        """Return whether the daemon on `node` is alive."""
+        raise NotImplementedError
+
+    def events(self) -> list[Event]:
+        """Return both nodes' events, time-ordered."""
+        for n in PEER:
+            if n not in self._logs:
+                self._logs[n] = LogFollower(n, self.log_path(n), keepalived=self.keepalived_logs)
+        evs = [ev for n in PEER for ev in self._logs[n].events()]
+        return sorted(evs, key=lambda e: e.ts)
+
+    def role(self, node: str) -> str | None:
+        """Return `node`'s current role per its log (None when not running)."""
+        if not self.running(node):
+            return None
+        return current_role([ev for ev in self.events() if ev.node == node])
+
+
+class HapairPair(LogReadingPair):
     """hapair daemons on nodes a and b: configs, start/stop, release, handover, logs."""
 
     label = "hapair"
@@ -104,7 +135,7 @@ class HapairPair:
     def __init__(self, lab: Lab, timers: Timers) -> None:
         self.lab = lab
         self.timers = timers
-        self._logs: dict[str, LogFollower] = {}
+        super().__init__()
 
     def config_path(self, node: str) -> Path:
         """Return `node`'s config file."""
@@ -204,17 +235,3 @@ class HapairPair:
         """Return the daemon's pid (a list, for symmetry with multi-process daemons)."""
         proc = self.lab.procs.get(self._key(node))
         return [proc.pid] if proc is not None and self.running(node) else []
-
-    def events(self) -> list[Event]:
-        """Return both daemons' events, time-ordered."""
-        for n in PEER:
-            if n not in self._logs:
-                self._logs[n] = LogFollower(n, self.log_path(n))
-        evs = [ev for n in PEER for ev in self._logs[n].events()]
-        return sorted(evs, key=lambda e: e.ts)
-
-    def role(self, node: str) -> str | None:
-        """Return `node`'s current role per its log (None when not running)."""
-        if not self.running(node):
-            return None
-        return current_role([ev for ev in self.events() if ev.node == node])
