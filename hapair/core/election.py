@@ -342,6 +342,10 @@ class Election:
     def _evaluate(self, now: float, out: list[Action]) -> None:
         if self.stopped:
             return
+        if self._shutting_down and self.role is not Role.MASTER:
+            # Nothing left to hand over (e.g. a fault ended the resignation): stop now.
+            self._finish_shutdown("shutdown", out)
+            return
         if self.role is Role.FAULT:
             if self.fault:
                 return
@@ -455,6 +459,8 @@ class Election:
     def _transition(self, to: Role, reason: str, now: float, out: list[Action]) -> None:
         if (self.role, to) not in TRANSITIONS:
             raise IllegalTransition(f"{self.role.name} -> {to.name} ({reason})")
+        if self.role is Role.MASTER:
+            self._resign_until = None  # a resignation ends with mastership, however it ends
         out.append(RoleChanged(self.role, to, reason, self.term))
         self.last_transition = Transition(self.role, to, reason, now)
         self.role = to

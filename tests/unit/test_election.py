@@ -23,7 +23,13 @@ from hapair.core.election import (
     IllegalTransition,
     rank,
 )
-from hapair.core.events import FitnessChanged, PeerHeard, ShutdownRequested, Tick
+from hapair.core.events import (
+    FitnessChanged,
+    HandoverRequested,
+    PeerHeard,
+    ShutdownRequested,
+    Tick,
+)
 from hapair.core.roles import Role
 from hapair.testing.pair import PairSim
 
@@ -440,3 +446,22 @@ def test_preempt_off_keeps_a_lower_master() -> None:
     e = in_role(Role.BACKUP, preempt=False)
     e.handle(heard(role=Role.MASTER, prio=60), 5.0)
     assert e.role is Role.BACKUP
+
+
+def test_fault_during_a_handover_ends_the_resignation_and_its_deadline() -> None:
+    e = in_role(Role.MASTER)
+    e.handle(heard(role=Role.BACKUP, prio=100), 5.0)
+    e.handle(HandoverRequested(), 5.0)
+    assert e.resigning
+    e.handle(FitnessChanged(0, True, "carrier_lost:eth0"), 5.1)
+    assert e.role is Role.FAULT and not e.resigning
+    e.handle(Tick(), 30.0)  # long after the handover deadline
+    assert e.next_deadline() > 30.0  # no deadline left in the past to spin on
+
+
+def test_fault_during_a_graceful_shutdown_stops_at_once() -> None:
+    e = in_role(Role.MASTER)
+    e.handle(heard(role=Role.BACKUP, prio=100), 5.0)
+    e.handle(ShutdownRequested(), 5.0)
+    actions = e.handle(FitnessChanged(0, True, "carrier_lost:eth0"), 5.1)
+    assert e.stopped and isinstance(actions[-1], Stopped)
