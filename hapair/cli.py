@@ -176,8 +176,8 @@ def cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (also used to render --help in docs)."""
+def build_parser(with_lab: bool = True) -> argparse.ArgumentParser:
+    """The argument parser; the daemon (``run``) leaves out the lab to keep its RSS small."""
     parser = argparse.ArgumentParser(
         prog="hapair",
         formatter_class=_RAW,
@@ -303,18 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_release)
 
-    try:
+    if with_lab:
         from hapair.lab.commands import register
-    except ImportError:  # pragma: no cover - the lab is part of the package
-        pass
-    else:
+
         register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hapair`` console script."""
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(with_lab=words[:1] != ["run"]).parse_args(words)
     try:
         status: int = args.func(args)
         return status

@@ -21,7 +21,6 @@ from hapair.net.routes import has_route
 from hapair.net.transport import UdpTransport
 from hapair.net.vip import VipManager
 from hapair.net.watch import ArpWatcher, NetlinkWatcher
-from hapair.runtime.balancer import NatBalancer, check_forwarding
 from hapair.runtime.clock import MonotonicClock
 from hapair.runtime.control import ControlServer
 from hapair.runtime.node import Adapters, Node, vips_of
@@ -127,8 +126,10 @@ class Daemon:
             stale = remove_stale_vips(cfg, vips)
             if stale:
                 self.log.warning("stale_vip_removed", vips=stale, reason="left by an earlier run")
-            balancer: NatBalancer | None = None
+            balancer = None
             if cfg.balancer is not None:
+                from hapair.runtime.balancer import NatBalancer
+
                 balancer = NatBalancer(cfg.balancer, MonotonicClock().now())
                 stack.callback(balancer.stop)  # at exit, and if start-up fails from here on
                 if cfg.balancer.mode == "hot":
@@ -247,6 +248,8 @@ def run_daemon(config_path: str, log_format: str | None = None) -> int:
     finally:
         vips.close()
     if cfg.balancer is not None:
+        from hapair.runtime.balancer import check_forwarding
+
         check_forwarding(cfg.balancer)
     os.umask(0o007)
     daemon = Daemon(config_path, cfg, key)

@@ -13,9 +13,8 @@ import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from hapair.balancer.probes import probe
 from hapair.config.model import Config, InterfaceTrack
 from hapair.core.actions import (
     AcquireVips,
@@ -56,7 +55,6 @@ from hapair.net.watch import (
     EventsLost,
     NetlinkWatcher,
 )
-from hapair.runtime.balancer import NatBalancer
 from hapair.runtime.clock import Clock
 from hapair.runtime.conflicts import ConflictResponder
 from hapair.runtime.state import PersistentState, save_state
@@ -73,6 +71,9 @@ from hapair.wire.heartbeat import (
 )
 from hapair.wire.rejects import RejectCounter
 from hapair.wire.replay import ReplayGuard
+
+if TYPE_CHECKING:  # the balancer is imported only when one is configured (daemon RSS)
+    from hapair.runtime.balancer import NatBalancer
 
 #: How often the replay marks are written while running (also at every role change and stop).
 STATE_SAVE_INTERVAL: Final = 10.0
@@ -431,6 +432,8 @@ class Node:
             task.add_done_callback(self._probe_tasks.discard)
 
     async def _probe_backend(self, balancer: NatBalancer, name: str) -> None:
+        from hapair.balancer.probes import probe
+
         ok, reason = await probe(balancer.specs[name])
         try:
             change = balancer.record(name, ok, reason, self.clock.now())

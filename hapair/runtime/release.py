@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from hapair.balancer.nat import NatDataPlane
 from hapair.config import Config, load_config, read_secret
 from hapair.core.roles import Role
 from hapair.errors import BalancerError, ConfigError, HapairError, RuntimeSetupError
@@ -67,6 +66,8 @@ def release(config_path: str, force: bool = False) -> ReleaseReport:
     finally:
         vips.close()
     if cfg.balancer is not None and not live:
+        from hapair.balancer.nat import NatDataPlane
+
         try:
             if NatDataPlane().remove():
                 report.removed.append("nftables table inet hapair")
