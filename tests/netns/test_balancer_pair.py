@@ -15,6 +15,7 @@ import pytest
 from hapair.lab.events import Event
 from hapair.lab.nodes import Timers
 from hapair.lab.topology import LAN4, VIP4, Lab
+from tests.netns.lab_http import fetch
 
 pytestmark = [
     pytest.mark.netns,
@@ -49,22 +50,6 @@ weight = 2
 address = "{LAN4["r2"]}:80"
 """
 
-GET = """
-import socket, sys
-names = []
-for _ in range(int(sys.argv[2])):
-    try:
-        with socket.create_connection((sys.argv[1], 8080), timeout=1) as s:
-            s.sendall(b"GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
-            data = b""
-            while chunk := s.recv(4096):
-                data += chunk
-        names.append(data.split(b"\\r\\n\\r\\n", 1)[1].decode().strip())
-    except OSError:
-        names.append("FAILED")
-print(" ".join(names))
-"""
-
 
 def wait_for(pred: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
@@ -73,10 +58,6 @@ def wait_for(pred: Callable[[], bool], timeout: float, step: float = 0.05) -> bo
             break
         time.sleep(step)
     return bool(pred())
-
-
-def fetch(lab: Lab, count: int) -> list[str]:
-    return lab.python("c", ["-c", GET, VIP4, str(count)]).stdout.split()
 
 
 def make(scheduler: str = "weighted", mode: str = "hot") -> Lab:
