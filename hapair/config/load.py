@@ -15,14 +15,14 @@ from typing import Annotated, Any, Final, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from hapair.config.model import (
+from hapair.config.fields import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_SECRET_PATH,
     DEFAULT_STATE_DIR,
-    Config,
     Problems,
     toml_repr,
 )
+from hapair.config.model import Config
 from hapair.errors import ConfigError
 
 MIN_KEY_BYTES: Final = 32

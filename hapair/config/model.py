@@ -2,257 +2,60 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-from ipaddress import (
-    IPv4Address,
-    IPv4Interface,
-    IPv6Address,
-    IPv6Interface,
-    ip_address,
-    ip_interface,
-)
+from ipaddress import IPv6Address
 from pathlib import Path
-from typing import Annotated, Final, Literal, Self
+from typing import Annotated, Literal, Self
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    PlainValidator,
-    PrivateAttr,
-    Strict,
-    ValidationInfo,
-    model_validator,
-)
-from pydantic_core import PydanticCustomError
+from pydantic import AfterValidator, Field, PrivateAttr, ValidationInfo, model_validator
 
+from hapair.config.balancer import Balancer
 from hapair.config.duration import Duration, format_duration
-
-DEFAULT_CONFIG_PATH: Final = Path("/etc/hapair/hapair.toml")
-DEFAULT_SECRET_PATH: Final = Path("/etc/hapair/secret")
-DEFAULT_STATE_DIR: Final = Path("/run/hapair")
-
-# sun_path is 108 bytes including the terminating NUL (unix(7)).
-UNIX_PATH_MAX: Final = 107
-NAME_MAX_BYTES: Final = 32
-# IFNAMSIZ is 16 including the NUL; the kernel's dev_valid_name() rules.
-IFNAME_MAX_BYTES: Final = 15
-
-_NAME_RE: Final = re.compile(r"[A-Za-z0-9._-]+")
-
-IpAddress = IPv4Address | IPv6Address
-IpInterface = IPv4Interface | IPv6Interface
-Problems = list[tuple[str, str]]
-
-
-def problem(message: str) -> PydanticCustomError:
-    """Return a validation error whose message the loader shows as is."""
-    return PydanticCustomError("hapair_value", "{message}", {"message": message})
-
-
-def toml_repr(value: object) -> str:
-    """Render an input value the way TOML writes it, for error messages."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
+from hapair.config.fields import (
+    DEFAULT_SECRET_PATH,
+    DEFAULT_STATE_DIR,
+    UNIX_PATH_MAX,
+    AbsPath,
+    Argv,
+    HostAddress,
+    IfName,
+    IpAddress,
+    Model,
+    Name,
+    Problems,
+    StrictBool,
+    VipAddress,
+    Weight,
+    duration_between,
+    int_between,
+    non_empty,
+    unique,
+)
 
 
-def _check_name(value: object) -> str:
-    if not isinstance(value, str):
-        raise problem(f"must be a string (got {value!r})")
-    if not 1 <= len(value.encode()) <= NAME_MAX_BYTES or not _NAME_RE.fullmatch(value):
-        raise problem(
-            f"must be 1 to {NAME_MAX_BYTES} characters from A-Z a-z 0-9 . _ - (got {value!r})"
-        )
-    return value
-
-
-def _check_ifname(value: object) -> str:
-    if not isinstance(value, str):
-        raise problem(f"must be an interface name string (got {value!r})")
-    size = len(value.encode())
-    if (
-        not 1 <= size <= IFNAME_MAX_BYTES
-        or value in {".", ".."}
-        or any(c in "/:" or c.isspace() for c in value)
-    ):
-        raise problem(
-            f"{value!r} is not a valid interface name: 1 to {IFNAME_MAX_BYTES} bytes,"
-            " no '/', ':' or whitespace"
-        )
-    return value
-
-
-def _check_abs_path(value: object) -> Path:
-    if not isinstance(value, str) or not value:
-        raise problem(f"must be a non-empty path string (got {value!r})")
-    if "\0" in value:
-        raise problem("must not contain a NUL character")
-    path = Path(value)
-    if not path.is_absolute():
-        # The daemon's working directory is not something to depend on.
-        raise problem(f"must be an absolute path (got {value!r})")
-    return path
-
-
-def _parse_host(value: object) -> IpAddress:
-    if not isinstance(value, str):
-        raise problem(f"must be an IP address string (got {value!r})")
-    try:
-        address = ip_address(value.strip())
-    except ValueError:
-        raise problem(f"{value!r} is not an IPv4 or IPv6 address") from None
-    if address.is_unspecified or address.is_multicast:
-        raise problem(f"{value!r} is not a unicast host address")
-    return address
-
-
-def _parse_vip(value: object) -> IpInterface:
-    hint = 'use e.g. "10.0.0.50/24" or "fd00::50/64"'
-    if not isinstance(value, str):
-        raise problem(f"must be an address string with prefix: {hint} (got {value!r})")
-    try:
-        iface = ip_interface(value.strip())
-    except ValueError:
-        raise problem(f"{value!r} is not an IP address with prefix: {hint}") from None
-    ip = iface.ip
-    if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
-        raise problem(f"{value!r} cannot float between nodes: not a unicast host address")
-    net = iface.network
-    if (
-        isinstance(iface, IPv4Interface)
-        and net.prefixlen <= 30
-        and ip in {net.network_address, net.broadcast_address}
-    ):
-        raise problem(f"{value!r} is the network or broadcast address of {net}")
-    return iface
-
-
-def _int_between(low: int, high: int) -> PlainValidator:
-    def check(value: object) -> int:
-        # bool is an int subclass; `priority = true` is a mistake.
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise problem(f"must be an integer from {low} to {high} (got {toml_repr(value)})")
-        return value
-
-    return PlainValidator(check)
-
-
-def _duration_between(low: float, high: float, *, zero_disables: bool = False) -> AfterValidator:
-    def check(value: float) -> float:
-        if zero_disables and value == 0:
-            return value
-        if not low <= value <= high:
-            span = f"between {format_duration(low)} and {format_duration(high)}"
-            prefix = f"0 (off) or {span}" if zero_disables else span
-            raise problem(f"must be {prefix} (got {format_duration(value)})")
-        return value
-
-    return AfterValidator(check)
-
-
-def _check_weight(value: object) -> int | Literal["fault"]:
-    if value == "fault":
-        return "fault"
-    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 253:
-        return value
-    raise problem(
-        f'must be an integer from 1 to 253 (subtracted from priority while failing) or "fault"'
-        f" (got {toml_repr(value)})"
-    )
-
-
-def _check_argv(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list | tuple) or not value:
-        raise problem(
-            'must be a non-empty array of strings (argv, no shell), e.g. ["/usr/bin/check", "-q"]'
-        )
-    for index, arg in enumerate(value):
-        if not isinstance(arg, str):
-            raise problem(f"command[{index}] must be a string (got {arg!r})")
-        if "\0" in arg:
-            raise problem(f"command[{index}] must not contain a NUL character")
-    if not value[0].strip():
-        raise problem("command[0], the program to run, must not be empty")
-    return tuple(value)
-
-
-def _non_empty(what: str) -> Callable[[tuple[object, ...]], tuple[object, ...]]:
-    def check(value: tuple[object, ...]) -> tuple[object, ...]:
-        if not value:
-            raise problem(f"at least one {what} is required")
-        return value
-
-    return check
-
-
-def _unique(value: tuple[IpAddress, ...]) -> tuple[IpAddress, ...]:
-    seen: set[IpAddress] = set()
-    for address in value:
-        if address in seen:
-            raise problem(f"{address} is listed more than once")
-        seen.add(address)
-    return value
-
-
-Name = Annotated[str, PlainValidator(_check_name)]
-IfName = Annotated[str, PlainValidator(_check_ifname)]
-AbsPath = Annotated[Path, PlainValidator(_check_abs_path)]
-HostAddress = Annotated[IpAddress, PlainValidator(_parse_host)]
-VipAddress = Annotated[IpInterface, PlainValidator(_parse_vip)]
-Weight = Annotated[int | Literal["fault"], PlainValidator(_check_weight)]
-Argv = Annotated[tuple[str, ...], PlainValidator(_check_argv)]
-StrictBool = Annotated[bool, Strict()]
-
-
-class _Model(BaseModel):
-    """Base of every config model: frozen, unknown keys rejected, cross-field rules collected."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    def _problems(self) -> Problems:
-        """Return cross-field problems as (path relative to this model, message)."""
-        return []
-
-    @model_validator(mode="after")
-    def _check_cross_fields(self) -> Self:
-        problems = self._problems()
-        if problems:
-            # The loader expands `problems` so each one keeps its own dotted path.
-            raise PydanticCustomError(
-                "hapair_cross_field",
-                "{summary}",
-                {"summary": "; ".join(f"{p}: {m}" for p, m in problems), "problems": problems},
-            )
-        return self
-
-
-class Node(_Model):
+class Node(Model):
     """This node: its name and base priority (higher wins the election)."""
 
     name: Name
-    priority: Annotated[int, _int_between(1, 254)]
+    priority: Annotated[int, int_between(1, 254)]
 
 
-class Cluster(_Model):
+class Cluster(Model):
     """The pair: shared secret, peer addresses (one per heartbeat link) and heartbeat timing."""
 
     name: Name
     secret_file: AbsPath = DEFAULT_SECRET_PATH
     peers: Annotated[
         tuple[HostAddress, ...],
-        AfterValidator(_non_empty("peer address")),
-        AfterValidator(_unique),
+        AfterValidator(non_empty("peer address")),
+        AfterValidator(unique),
     ]
-    port: Annotated[int, _int_between(1, 65535)] = 694
-    interval: Annotated[Duration, _duration_between(0.01, 10.0)] = 0.2
+    port: Annotated[int, int_between(1, 65535)] = 694
+    interval: Annotated[Duration, duration_between(0.01, 10.0)] = 0.2
     # >= 3 keeps the dead interval above 2 x the heartbeat interval, so one lost packet never
     # kills a peer.
-    dead_after: Annotated[int, _int_between(3, 100)] = 5
+    dead_after: Annotated[int, int_between(3, 100)] = 5
     preempt: StrictBool = True
-    preempt_delay: Annotated[Duration, _duration_between(0.0, 3600.0)] = 0.0
+    preempt_delay: Annotated[Duration, duration_between(0.0, 3600.0)] = 0.0
 
     @property
     def dead_interval(self) -> float:
@@ -267,7 +70,7 @@ class Cluster(_Model):
         ]
 
 
-class Vip(_Model):
+class Vip(Model):
     """A floating address and the interface it is added to while MASTER."""
 
     address: VipAddress
@@ -279,13 +82,13 @@ class Vip(_Model):
         return self.address.ip
 
 
-class Garp(_Model):
+class Garp(Model):
     """Gratuitous ARP / unsolicited NA announcements after takeover and while MASTER."""
 
-    burst: Annotated[int, _int_between(1, 50)] = 5
-    spacing: Annotated[Duration, _duration_between(0.0, 1.0)] = 0.01
-    second_burst_delay: Annotated[Duration, _duration_between(0.0, 3600.0)] = 2.0
-    refresh: Annotated[Duration, _duration_between(1.0, 3600.0, zero_disables=True)] = 10.0
+    burst: Annotated[int, int_between(1, 50)] = 5
+    spacing: Annotated[Duration, duration_between(0.0, 1.0)] = 0.01
+    second_burst_delay: Annotated[Duration, duration_between(0.0, 3600.0)] = 2.0
+    refresh: Annotated[Duration, duration_between(1.0, 3600.0, zero_disables=True)] = 10.0
 
     @property
     def burst_duration(self) -> float:
@@ -304,14 +107,14 @@ class Garp(_Model):
         return problems
 
 
-class _TrackBase(_Model):
+class _TrackBase(Model):
     """What every health check shares: its weight and its timing with rise/fall hysteresis."""
 
     weight: Weight
-    interval: Annotated[Duration, _duration_between(0.01, 3600.0)] = 1.0
-    timeout: Annotated[Duration, _duration_between(0.01, 3600.0)] = 1.0
-    rise: Annotated[int, _int_between(1, 100)] = 2
-    fall: Annotated[int, _int_between(1, 100)] = 2
+    interval: Annotated[Duration, duration_between(0.01, 3600.0)] = 1.0
+    timeout: Annotated[Duration, duration_between(0.01, 3600.0)] = 1.0
+    rise: Annotated[int, int_between(1, 100)] = 2
+    fall: Annotated[int, int_between(1, 100)] = 2
 
     @property
     def forces_fault(self) -> bool:
@@ -371,7 +174,7 @@ class CommandTrack(_TrackBase):
 Track = Annotated[InterfaceTrack | GatewayTrack | CommandTrack, Field(discriminator="kind")]
 
 
-class Runtime(_Model):
+class Runtime(Model):
     """Where this instance keeps its state and control socket."""
 
     state_dir: AbsPath = DEFAULT_STATE_DIR
@@ -379,110 +182,19 @@ class Runtime(_Model):
     state_file: AbsPath | None = None
 
 
-class Log(_Model):
+class Log(Model):
     """Log level and output format ("auto": console on a TTY, JSON lines otherwise)."""
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "console", "json"] = "auto"
 
 
-def _parse_endpoint(value: object) -> tuple[IpAddress, int]:
-    hint = 'use "10.0.1.21:8080" or "[fd00::21]:8080"'
-    if not isinstance(value, str) or ":" not in value:
-        raise problem(f"must be ADDRESS:PORT: {hint} (got {toml_repr(value)})")
-    host, _, port = value.strip().rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        address = ip_address(host)
-    except ValueError:
-        raise problem(f"{value!r}: {host!r} is not an IP address ({hint})") from None
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise problem(f"{value!r}: the port must be 1 to 65535 ({hint})")
-    if address.is_unspecified or address.is_multicast:
-        raise problem(f"{value!r} is not a unicast host address")
-    return address, int(port)
-
-
-def _balancer_kind(value: object) -> Literal["nat"]:
-    if value == "nat":
-        return "nat"
-    if value in ("dr", "proxy", "redirect", "dns"):
-        raise problem(f"kind {value!r} is not available in this version yet (available: nat)")
-    raise problem(
-        f'must be one of "nat", "dr", "proxy", "redirect", "dns" (got {toml_repr(value)})'
-    )
-
-
-Endpoint = Annotated[tuple[IpAddress, int], PlainValidator(_parse_endpoint)]
-
-
-class BackendCheck(_Model):
-    """How backends are probed: tcp connect, http GET, or not at all."""
-
-    kind: Literal["tcp", "http", "none"] = "tcp"
-    path: str = "/"
-    expect_status: Annotated[int, _int_between(100, 599)] = 200
-    body: str | None = None
-    interval: Annotated[Duration, _duration_between(0.05, 3600.0)] = 1.0
-    timeout: Annotated[Duration, _duration_between(0.01, 3600.0)] = 0.5
-    rise: Annotated[int, _int_between(1, 100)] = 2
-    fall: Annotated[int, _int_between(1, 100)] = 3
-
-    def _problems(self) -> Problems:
-        if self.timeout > self.interval:
-            return [("timeout", "must not exceed interval: probes would overlap")]
-        return []
-
-
-class Backend(_Model):
-    """One real server."""
-
-    address: Endpoint
-    weight: Annotated[int, _int_between(1, 1000)] = 1
-    check: BackendCheck | None = None
-
-
-class Balancer(_Model):
-    """The local load balancer run by the pair."""
-
-    kind: Annotated[Literal["nat"], PlainValidator(_balancer_kind)]
-    scheduler: Literal["rr", "random", "weighted", "source-hash"] = "rr"
-    mode: Literal["hot", "cold"] = "hot"
-    listen: Endpoint
-    protocol: Literal["tcp", "udp"] = "tcp"
-    masquerade: StrictBool = False
-    all_down: Literal["keep", "sorry"] = "keep"
-    sorry: Endpoint | None = None
-    backend: Annotated[tuple[Backend, ...], AfterValidator(_non_empty("[[balancer.backend]]"))]
-    check: BackendCheck = Field(default_factory=BackendCheck)
-
-    def _problems(self) -> Problems:
-        problems: Problems = []
-        if self.all_down == "sorry" and self.sorry is None:
-            problems.append(("sorry", 'required when all_down = "sorry" (e.g. "10.0.1.99:80")'))
-        seen: dict[tuple[IpAddress, int], int] = {}
-        for index, b in enumerate(self.backend):
-            if b.address in seen:
-                problems.append(
-                    (f"backend[{index}].address", f"duplicates backend[{seen[b.address]}]")
-                )
-            seen.setdefault(b.address, index)
-            if b.address[0].version != self.listen[0].version:
-                problems.append(
-                    (
-                        f"backend[{index}].address",
-                        f"must be IPv{self.listen[0].version} like listen",
-                    )
-                )
-        return problems
-
-
-class Config(_Model):
+class Config(Model):
     """A whole validated hapair configuration."""
 
     node: Node
     cluster: Cluster
-    vip: Annotated[tuple[Vip, ...], AfterValidator(_non_empty("[[vip]] table"))]
+    vip: Annotated[tuple[Vip, ...], AfterValidator(non_empty("[[vip]] table"))]
     garp: Garp = Field(default_factory=Garp)
     track: tuple[Track, ...] = ()
     runtime: Runtime = Field(default_factory=Runtime)
@@ -517,6 +229,11 @@ class Config(_Model):
     def state_file_path(self) -> Path:
         """The state file: runtime.state_file or `{state_dir}/{cluster}-{node}.state`."""
         return self.runtime.state_file or self.runtime.state_dir / f"{self.instance_name}.state"
+
+    @property
+    def balancer_run_dir(self) -> Path:
+        """Generated data-plane files and pid files: `{state_dir}/{cluster}-{node}.balancer`."""
+        return self.runtime.state_dir / f"{self.instance_name}.balancer"
 
     @property
     def vip_addresses(self) -> tuple[IpAddress, ...]:

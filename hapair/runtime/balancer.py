@@ -1,86 +1,80 @@
-"""Glue between the daemon and the `nat` balancer: detector results in, nftables pool out."""
+"""Glue between the daemon and its balancer: detector results in, the data plane's pool out."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from hapair.balancer.health import HealthBoard, HealthChange, ProbeSpec
-from hapair.balancer.nat import NatDataPlane
-from hapair.balancer.nft import NatBackend, NatService
-from hapair.config.model import Backend, Balancer
-from hapair.errors import RuntimeSetupError
+from hapair.balancer.plane import DataPlane, Member, Pool, endpoint_name, uses_weights
+from hapair.config.balancer import Backend, Balancer
+from hapair.config.model import Config
 
 
 def backend_name(b: Backend) -> str:
     """``10.0.1.21:8080`` or ``[fd00::21]:8080``."""
-    address, port = b.address
-    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+    return endpoint_name(*b.address)
 
 
-def check_forwarding(cfg: Balancer, proc: Path = Path("/proc/sys/net")) -> None:
-    """NAT forwards the clients' packets: the kernel must allow it (we do not flip it)."""
-    key = "ipv4/ip_forward" if cfg.listen[0].version == 4 else "ipv6/conf/all/forwarding"
-    try:
-        on = (proc / key).read_text().strip() == "1"
-    except OSError:
-        on = False
-    if not on:
-        sysctl = key.replace("/", ".")
-        raise RuntimeSetupError(
-            f'balancer.kind: "nat" forwards packets, but net.{sysctl} is 0 on this host: '
-            f"set net.{sysctl}=1 (sysctl -w, and in /etc/sysctl.d/ to keep it)"
-        )
+def probe_spec(cfg: Balancer, b: Backend) -> ProbeSpec:
+    """How ``b`` is probed: its own ``check`` or the balancer's."""
+    check = b.check or cfg.check
+    return ProbeSpec(
+        kind=check.kind, host=str(b.address[0]), port=b.address[1],
+        interval=check.interval, timeout=check.timeout, rise=check.rise,
+        fall=check.fall, path=check.path, expect_status=check.expect_status,
+        body_contains=check.body,
+    )  # fmt: skip
 
 
-class NatBalancer:
-    """The detector plus the nftables data plane for one ``[balancer]`` of kind ``nat``."""
+def build_plane(cfg: Config, log: Any = None) -> DataPlane:
+    """The data plane for ``cfg.balancer`` with this instance's run directory and VIP link."""
+    from hapair.balancer.factory import make_plane
 
-    def __init__(self, cfg: Balancer, now: float, plane: NatDataPlane | None = None) -> None:
+    balancer = cfg.balancer
+    if balancer is None:
+        raise ValueError("no [balancer] configured")
+    interface = next(v.interface for v in cfg.vip if v.ip == balancer.listen[0])
+    return make_plane(balancer, run_dir=cfg.balancer_run_dir, interface=interface, log=log)
+
+
+class LocalBalancer:
+    """The detector plus one data plane, for the ``[balancer]`` of any kind."""
+
+    def __init__(self, cfg: Balancer, now: float, plane: DataPlane) -> None:
         self.cfg = cfg
-        self.plane = plane if plane is not None else NatDataPlane()
+        self.plane = plane
         self.backends = {backend_name(b): b for b in cfg.backend}
-        specs = {}
-        for name, b in self.backends.items():
-            check = b.check or cfg.check
-            specs[name] = ProbeSpec(
-                kind=check.kind, host=str(b.address[0]), port=b.address[1],
-                interval=check.interval, timeout=check.timeout, rise=check.rise,
-                fall=check.fall, path=check.path, expect_status=check.expect_status,
-                body_contains=check.body,
-            )  # fmt: skip
-        self.specs = specs
-        self.board = HealthBoard(specs, now)
+        self.specs = {name: probe_spec(cfg, b) for name, b in self.backends.items()}
+        self.board = HealthBoard(self.specs, now)
         self.active = False
+        self._supervise_at: float | None = None
 
-    def service(self) -> NatService:
-        """The service over the healthy backends, never an empty pool.
+    def pool(self) -> Pool:
+        """The healthy backends, never an empty pool.
 
         With every backend down: ``all_down = "keep"`` keeps the configured pool (clients'
         retries find a backend that recovers before the probes notice); ``"sorry"`` sends
-        everyone to the sorry server. An empty map would blackhole the VIP silently.
+        everyone to the sorry server. An empty pool would blackhole the VIP silently.
         """
         healthy = self.board.healthy()
         if not healthy and self.cfg.all_down == "sorry" and self.cfg.sorry is not None:
-            pool: tuple[NatBackend, ...] = (NatBackend(*self.cfg.sorry),)
-        else:
-            pool = tuple(
-                NatBackend(self.backends[n].address[0], self.backends[n].address[1],
-                           self.backends[n].weight)
+            return Pool((Member(*self.cfg.sorry),), sorry=True)
+        weighted = uses_weights(self.cfg.scheduler)
+        return Pool(
+            tuple(
+                Member(*self.backends[n].address, self.backends[n].weight if weighted else 1)
                 for n in healthy or list(self.backends)
-            )  # fmt: skip
-        return NatService(
-            self.cfg.listen[0], self.cfg.listen[1], pool, self.cfg.scheduler,
-            self.cfg.protocol, self.cfg.masquerade,
-        )  # fmt: skip
+            )
+        )
 
     def start(self) -> None:
-        """Load the ruleset (hot: at daemon start; cold: on becoming MASTER)."""
-        self.plane.apply([self.service()])
+        """Start serving (hot: at daemon start; cold: on becoming MASTER)."""
+        self.plane.apply(self.pool())
         self.active = True
+        self._supervise_at = None
 
     def stop(self) -> None:
-        """Remove hapair's table (cold: on leaving MASTER; always: at exit)."""
+        """Stop serving and remove what the data plane made (cold: on leaving MASTER; at exit)."""
         self.active = False
         self.plane.remove()
 
@@ -88,15 +82,30 @@ class NatBalancer:
         """Feed a probe result; on a pool change, push the new pool at once."""
         change = self.board.record(name, ok, reason, now)
         if change is not None and self.active:
-            self.plane.apply([self.service()])
+            self.plane.apply(self.pool())
         return change
 
+    def supervise(self, now: float) -> float | None:
+        """Let the data plane look after its processes (only while serving)."""
+        return self.plane.supervise(now) if self.active else None
+
+    def next_deadline(self) -> float | None:
+        """The earliest of the next probe and the next supervision check."""
+        times = [t for t in (self.board.next_deadline(), self._supervise_at) if t is not None]
+        return min(times) if times else None
+
+    def tick(self, now: float) -> None:
+        """Run supervision when due (raises BalancerError when the data plane gave up)."""
+        if self._supervise_at is None or now >= self._supervise_at:
+            self._supervise_at = self.supervise(now)
+
     def status(self) -> dict[str, Any]:
-        """Kind, mode, whether the ruleset is loaded, and each backend's health."""
+        """Kind, mode, whether it serves, the data plane, and each backend's health."""
         return {
             "kind": self.cfg.kind,
             "mode": self.cfg.mode,
             "scheduler": self.cfg.scheduler,
             "active": self.active,
+            "plane": self.plane.status(),
             "backends": self.board.snapshot(),
         }

@@ -128,9 +128,10 @@ class Daemon:
                 self.log.warning("stale_vip_removed", vips=stale, reason="left by an earlier run")
             balancer = None
             if cfg.balancer is not None:
-                from hapair.runtime.balancer import NatBalancer
+                from hapair.runtime.balancer import LocalBalancer, build_plane
 
-                balancer = NatBalancer(cfg.balancer, MonotonicClock().now())
+                plane = build_plane(cfg, self.log)
+                balancer = LocalBalancer(cfg.balancer, MonotonicClock().now(), plane)
                 stack.callback(balancer.stop)  # at exit, and if start-up fails from here on
                 if cfg.balancer.mode == "hot":
                     try:
@@ -248,9 +249,12 @@ def run_daemon(config_path: str, log_format: str | None = None) -> int:
     finally:
         vips.close()
     if cfg.balancer is not None:
-        from hapair.runtime.balancer import check_forwarding
+        from hapair.runtime.balancer import build_plane
 
-        check_forwarding(cfg.balancer)
+        try:
+            build_plane(cfg).preflight()
+        except BalancerError as exc:
+            raise RuntimeSetupError(f"balancer: {exc}") from exc
     os.umask(0o007)
     daemon = Daemon(config_path, cfg, key)
     return asyncio.run(daemon.run())

@@ -73,7 +73,7 @@ from hapair.wire.rejects import RejectCounter
 from hapair.wire.replay import ReplayGuard
 
 if TYPE_CHECKING:  # the balancer is imported only when one is configured (daemon RSS)
-    from hapair.runtime.balancer import NatBalancer
+    from hapair.runtime.balancer import LocalBalancer
 
 #: How often the replay marks are written while running (also at every role change and stop).
 STATE_SAVE_INTERVAL: Final = 10.0
@@ -112,7 +112,7 @@ class Adapters:
     announcer: Announcer
     netlink: NetlinkWatcher
     arp: dict[str, ArpWatcher] = field(default_factory=dict)
-    balancer: NatBalancer | None = None
+    balancer: LocalBalancer | None = None
 
 
 class Node:
@@ -233,7 +233,7 @@ class Node:
 
     def _next_deadline(self) -> float:
         deadlines = [self.election.next_deadline(), self._next_save]
-        board = self.io.balancer.board.next_deadline() if self.io.balancer else None
+        board = self.io.balancer.next_deadline() if self.io.balancer else None
         announce = self.holder.schedule.next_deadline()
         for nxt in (announce, self.conflicts.next_deadline(), board):
             if nxt is not None:
@@ -426,12 +426,16 @@ class Node:
         balancer = self.io.balancer
         if balancer is None:
             return
+        try:
+            balancer.tick(self.clock.now())
+        except BalancerError as exc:
+            self._balancer_failed(exc)
         for name in balancer.board.due(self.clock.now()):
             task = asyncio.ensure_future(self._probe_backend(balancer, name))
             self._probe_tasks.add(task)
             task.add_done_callback(self._probe_tasks.discard)
 
-    async def _probe_backend(self, balancer: NatBalancer, name: str) -> None:
+    async def _probe_backend(self, balancer: LocalBalancer, name: str) -> None:
         from hapair.balancer.probes import probe
 
         ok, reason = await probe(balancer.specs[name])

@@ -66,13 +66,13 @@ def release(config_path: str, force: bool = False) -> ReleaseReport:
     finally:
         vips.close()
     if cfg.balancer is not None and not live:
-        from hapair.balancer.nat import NatDataPlane
+        from hapair.runtime.balancer import build_plane
 
         try:
-            if NatDataPlane().remove():
-                report.removed.append("nftables table inet hapair")
+            if build_plane(cfg).remove():
+                report.removed.append(f"the {cfg.balancer.kind} balancer's data plane")
         except (BalancerError, OSError, subprocess.SubprocessError) as exc:
-            report.notes.append(f"could not remove the nftables table: {exc}")
+            report.notes.append(f"could not remove the {cfg.balancer.kind} data plane: {exc}")
     if sock.exists() and not live:
         sock.unlink()
         report.removed.append(f"stale control socket {sock}")

@@ -62,12 +62,61 @@ def test_every_balancer_problem_is_reported_with_its_path() -> None:
     assert "balancer.backend[0].address" in paths and "balancer.backend[1].address" in paths
 
 
-@pytest.mark.parametrize("kind", ["dr", "proxy", "redirect", "dns"])
-def test_kinds_not_yet_available_are_refused_by_name(kind: str) -> None:
-    found = problems(with_balancer({"kind": kind, "listen": "10.0.0.50:80", "backend": [
+def test_an_unknown_kind_names_the_choices() -> None:
+    found = problems(with_balancer({"kind": "lvs", "listen": "10.0.0.50:80", "backend": [
         {"address": "10.0.1.21:80"}]}))  # fmt: skip
-    assert found == [("balancer.kind", f"kind {kind!r} is not available in this version yet "
-                      "(available: nat)")]  # fmt: skip
+    assert found == [
+        ("balancer.kind", 'must be one of "nat", "dr", "proxy", "redirect", "dns" (got \'lvs\')')
+    ]
+
+
+@pytest.mark.parametrize("kind", ["nat", "dr", "proxy", "redirect"])
+def test_every_kind_but_dns_is_accepted_with_the_common_keys(kind: str) -> None:
+    cfg = validate_config(with_balancer({"kind": kind, "listen": "10.0.0.50:80", "backend": [
+        {"address": "10.0.1.21:80", "weight": 2}]}), check_secret=False)  # fmt: skip
+    assert cfg.balancer is not None and cfg.balancer.kind == kind
+
+
+def test_kind_specific_options_belong_to_their_kind() -> None:
+    found = problems(with_balancer({
+        "kind": "redirect", "listen": "10.0.0.50:80", "protocol": "udp", "masquerade": True,
+        "proxy": {"engine": "haproxy"}, "dns": {"names": ["www.example.com"]},
+        "backend": [{"address": "10.0.1.21:80"}],
+    }))  # fmt: skip
+    assert ("balancer.protocol", '"udp" is for kinds "nat" and "dr", not \'redirect\'') in found
+    assert ("balancer.masquerade", "only kind \"nat\" translates addresses, not 'redirect'") in (
+        found
+    )
+    assert ("balancer.proxy", "[balancer.proxy] is for kind \"proxy\", not 'redirect'") in found
+    assert ("balancer.dns", "[balancer.dns] is for kind \"dns\", not 'redirect'") in found
+
+
+def test_direct_routing_keeps_the_port() -> None:
+    found = problems(with_balancer({"kind": "dr", "listen": "10.0.0.50:80", "backend": [
+        {"address": "10.0.1.21:8080"}, {"address": "10.0.0.50:80"}]}))  # fmt: skip
+    paths = dict(found)
+    assert paths["balancer.backend[0].address"].startswith(
+        "direct routing cannot change the port: use port 80"
+    )
+    assert paths["balancer.backend[1].address"] == "is the VIP itself"
+
+
+def test_dns_needs_names_and_takes_both_families() -> None:
+    found = problems(with_balancer({"kind": "dns", "listen": "10.0.0.50:53", "backend": [
+        {"address": "10.0.1.21:80"}]}))  # fmt: skip
+    assert found == [("balancer.dns", 'kind "dns" needs [balancer.dns] with names = ["..."]')]
+    bad = problems(with_balancer({"kind": "dns", "listen": "10.0.0.50:53",
+        "dns": {"names": ["www.example.com", "bad..name"], "ttl": "5s"},
+        "backend": [{"address": "10.0.1.21:80"}]}))  # fmt: skip
+    assert bad == [
+        ("balancer.dns.names[1]", "'bad..name' is not a domain name (e.g. \"www.example.com\")")
+    ]
+    cfg = validate_config(with_balancer({"kind": "dns", "listen": "10.0.0.50:53",
+        "dns": {"names": ["WWW.Example.com."], "ttl": "2s"},
+        "backend": [{"address": "10.0.1.21:80"}, {"address": "[fd00::21]:80"}]}),
+        check_secret=False)  # fmt: skip
+    assert cfg.balancer is not None and cfg.balancer.dns is not None
+    assert cfg.balancer.dns.names == ("www.example.com",) and cfg.balancer.dns.ttl == 2.0
 
 
 def test_listen_must_be_a_vip_and_backends_unique() -> None:

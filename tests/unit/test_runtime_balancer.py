@@ -2,35 +2,51 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hapair.balancer.nft import NatService
+from hapair.balancer.nat import check_forwarding
+from hapair.balancer.plane import Pool
 from hapair.config.load import validate_config
-from hapair.errors import RuntimeSetupError
-from hapair.runtime.balancer import NatBalancer, check_forwarding
+from hapair.errors import BalancerError
+from hapair.runtime.balancer import LocalBalancer
 
 
 class RecordingPlane:
-    """Stands in for NatDataPlane: remembers what would have been loaded."""
+    """Stands in for a data plane: remembers what would have been served."""
 
-    def __init__(self) -> None:
+    def __init__(self, fail_supervision_at: float | None = None) -> None:
         self.loaded: list[list[str]] = []
+        self.weights: list[list[int]] = []
         self.removed = 0
+        self.supervised: list[float] = []
+        self.fail_supervision_at = fail_supervision_at
 
-    def apply(self, services: Sequence[NatService]) -> bool:
-        self.loaded.append([f"{b.address}:{b.port}" for b in services[0].backends])
+    def preflight(self) -> None:
+        pass
+
+    def apply(self, pool: Pool) -> bool:
+        self.loaded.append([m.name for m in pool.members])
+        self.weights.append([m.weight for m in pool.members])
         return True
 
     def remove(self) -> bool:
         self.removed += 1
         return True
 
+    def supervise(self, now: float) -> float | None:
+        self.supervised.append(now)
+        if self.fail_supervision_at is not None and now >= self.fail_supervision_at:
+            raise BalancerError("engine died 6 times within 60 s")
+        return now + 0.25
 
-def balancer(**extra: Any) -> tuple[NatBalancer, RecordingPlane]:
+    def status(self) -> dict[str, Any]:
+        return {}
+
+
+def balancer(**extra: Any) -> tuple[LocalBalancer, RecordingPlane]:
     cfg = validate_config(
         {
             "node": {"name": "a", "priority": 150},
@@ -48,7 +64,7 @@ def balancer(**extra: Any) -> tuple[NatBalancer, RecordingPlane]:
     )
     assert cfg.balancer is not None
     plane = RecordingPlane()
-    return NatBalancer(cfg.balancer, 0.0, plane), plane  # type: ignore[arg-type]
+    return LocalBalancer(cfg.balancer, 0.0, plane), plane
 
 
 def test_pool_changes_are_pushed_only_while_active() -> None:
@@ -88,7 +104,31 @@ def test_forwarding_off_is_refused_with_the_fix(tmp_path: Path) -> None:
     nat, _ = balancer()
     (tmp_path / "ipv4").mkdir()
     (tmp_path / "ipv4" / "ip_forward").write_text("0\n")
-    with pytest.raises(RuntimeSetupError, match=r"net\.ipv4\.ip_forward=1"):
+    with pytest.raises(BalancerError, match=r"net\.ipv4\.ip_forward=1"):
         check_forwarding(nat.cfg, tmp_path)
     (tmp_path / "ipv4" / "ip_forward").write_text("1\n")
     check_forwarding(nat.cfg, tmp_path)
+
+
+def test_weights_reach_the_plane_only_for_weighted_schedulers() -> None:
+    weighted_backends = [{"address": "10.0.1.21:80", "weight": 3}, {"address": "10.0.1.22:80"}]
+    for scheduler, expected in (("rr", [1, 1]), ("random", [1, 1]),
+                                ("weighted", [3, 1]), ("source-hash", [3, 1])):  # fmt: skip
+        lb, plane = balancer(scheduler=scheduler, backend=weighted_backends)
+        lb.start()
+        assert plane.weights[-1] == expected, scheduler
+
+
+def test_supervision_runs_only_while_serving_and_its_failure_surfaces() -> None:
+    lb, plane = balancer()
+    plane.fail_supervision_at = 5.0
+    lb.tick(1.0)
+    assert plane.supervised == []  # not serving: nothing to look after
+    lb.start()
+    lb.tick(1.0)
+    lb.tick(1.1)  # not due yet
+    assert plane.supervised == [1.0]
+    lb.tick(1.3)
+    assert plane.supervised == [1.0, 1.3]
+    with pytest.raises(BalancerError, match="6 times"):
+        lb.tick(5.0)

@@ -1,0 +1,226 @@
+"""Shared building blocks of the configuration models: field types, validators, the base model."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv6Address,
+    IPv6Interface,
+    ip_address,
+    ip_interface,
+)
+from pathlib import Path
+from typing import Annotated, Final, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    PlainValidator,
+    Strict,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from hapair.config.duration import format_duration
+
+DEFAULT_CONFIG_PATH: Final = Path("/etc/hapair/hapair.toml")
+DEFAULT_SECRET_PATH: Final = Path("/etc/hapair/secret")
+DEFAULT_STATE_DIR: Final = Path("/run/hapair")
+
+# sun_path is 108 bytes including the terminating NUL (unix(7)).
+UNIX_PATH_MAX: Final = 107
+NAME_MAX_BYTES: Final = 32
+# IFNAMSIZ is 16 including the NUL; the kernel's dev_valid_name() rules.
+IFNAME_MAX_BYTES: Final = 15
+
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9._-]+")
+
+IpAddress = IPv4Address | IPv6Address
+IpInterface = IPv4Interface | IPv6Interface
+Problems = list[tuple[str, str]]
+
+
+def problem(message: str) -> PydanticCustomError:
+    """Return a validation error whose message the loader shows as is."""
+    return PydanticCustomError("hapair_value", "{message}", {"message": message})
+
+
+def toml_repr(value: object) -> str:
+    """Render an input value the way TOML writes it, for error messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _check_name(value: object) -> str:
+    if not isinstance(value, str):
+        raise problem(f"must be a string (got {value!r})")
+    if not 1 <= len(value.encode()) <= NAME_MAX_BYTES or not _NAME_RE.fullmatch(value):
+        raise problem(
+            f"must be 1 to {NAME_MAX_BYTES} characters from A-Z a-z 0-9 . _ - (got {value!r})"
+        )
+    return value
+
+
+def _check_ifname(value: object) -> str:
+    if not isinstance(value, str):
+        raise problem(f"must be an interface name string (got {value!r})")
+    size = len(value.encode())
+    if (
+        not 1 <= size <= IFNAME_MAX_BYTES
+        or value in {".", ".."}
+        or any(c in "/:" or c.isspace() for c in value)
+    ):
+        raise problem(
+            f"{value!r} is not a valid interface name: 1 to {IFNAME_MAX_BYTES} bytes,"
+            " no '/', ':' or whitespace"
+        )
+    return value
+
+
+def _check_abs_path(value: object) -> Path:
+    if not isinstance(value, str) or not value:
+        raise problem(f"must be a non-empty path string (got {value!r})")
+    if "\0" in value:
+        raise problem("must not contain a NUL character")
+    path = Path(value)
+    if not path.is_absolute():
+        # The daemon's working directory is not something to depend on.
+        raise problem(f"must be an absolute path (got {value!r})")
+    return path
+
+
+def _parse_host(value: object) -> IpAddress:
+    if not isinstance(value, str):
+        raise problem(f"must be an IP address string (got {value!r})")
+    try:
+        address = ip_address(value.strip())
+    except ValueError:
+        raise problem(f"{value!r} is not an IPv4 or IPv6 address") from None
+    if address.is_unspecified or address.is_multicast:
+        raise problem(f"{value!r} is not a unicast host address")
+    return address
+
+
+def _parse_vip(value: object) -> IpInterface:
+    hint = 'use e.g. "10.0.0.50/24" or "fd00::50/64"'
+    if not isinstance(value, str):
+        raise problem(f"must be an address string with prefix: {hint} (got {value!r})")
+    try:
+        iface = ip_interface(value.strip())
+    except ValueError:
+        raise problem(f"{value!r} is not an IP address with prefix: {hint}") from None
+    ip = iface.ip
+    if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
+        raise problem(f"{value!r} cannot float between nodes: not a unicast host address")
+    net = iface.network
+    if (
+        isinstance(iface, IPv4Interface)
+        and net.prefixlen <= 30
+        and ip in {net.network_address, net.broadcast_address}
+    ):
+        raise problem(f"{value!r} is the network or broadcast address of {net}")
+    return iface
+
+
+def int_between(low: int, high: int) -> PlainValidator:
+    def check(value: object) -> int:
+        # bool is an int subclass; `priority = true` is a mistake.
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise problem(f"must be an integer from {low} to {high} (got {toml_repr(value)})")
+        return value
+
+    return PlainValidator(check)
+
+
+def duration_between(low: float, high: float, *, zero_disables: bool = False) -> AfterValidator:
+    def check(value: float) -> float:
+        if zero_disables and value == 0:
+            return value
+        if not low <= value <= high:
+            span = f"between {format_duration(low)} and {format_duration(high)}"
+            prefix = f"0 (off) or {span}" if zero_disables else span
+            raise problem(f"must be {prefix} (got {format_duration(value)})")
+        return value
+
+    return AfterValidator(check)
+
+
+def _check_weight(value: object) -> int | Literal["fault"]:
+    if value == "fault":
+        return "fault"
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 253:
+        return value
+    raise problem(
+        f'must be an integer from 1 to 253 (subtracted from priority while failing) or "fault"'
+        f" (got {toml_repr(value)})"
+    )
+
+
+def _check_argv(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not value:
+        raise problem(
+            'must be a non-empty array of strings (argv, no shell), e.g. ["/usr/bin/check", "-q"]'
+        )
+    for index, arg in enumerate(value):
+        if not isinstance(arg, str):
+            raise problem(f"command[{index}] must be a string (got {arg!r})")
+        if "\0" in arg:
+            raise problem(f"command[{index}] must not contain a NUL character")
+    if not value[0].strip():
+        raise problem("command[0], the program to run, must not be empty")
+    return tuple(value)
+
+
+def non_empty(what: str) -> Callable[[tuple[object, ...]], tuple[object, ...]]:
+    def check(value: tuple[object, ...]) -> tuple[object, ...]:
+        if not value:
+            raise problem(f"at least one {what} is required")
+        return value
+
+    return check
+
+
+def unique(value: tuple[IpAddress, ...]) -> tuple[IpAddress, ...]:
+    seen: set[IpAddress] = set()
+    for address in value:
+        if address in seen:
+            raise problem(f"{address} is listed more than once")
+        seen.add(address)
+    return value
+
+
+Name = Annotated[str, PlainValidator(_check_name)]
+IfName = Annotated[str, PlainValidator(_check_ifname)]
+AbsPath = Annotated[Path, PlainValidator(_check_abs_path)]
+HostAddress = Annotated[IpAddress, PlainValidator(_parse_host)]
+VipAddress = Annotated[IpInterface, PlainValidator(_parse_vip)]
+Weight = Annotated[int | Literal["fault"], PlainValidator(_check_weight)]
+Argv = Annotated[tuple[str, ...], PlainValidator(_check_argv)]
+StrictBool = Annotated[bool, Strict()]
+
+
+class Model(BaseModel):
+    """Base of every config model: frozen, unknown keys rejected, cross-field rules collected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def _problems(self) -> Problems:
+        """Return cross-field problems as (path relative to this model, message)."""
+        return []
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> Self:
+        problems = self._problems()
+        if problems:
+            # The loader expands `problems` so each one keeps its own dotted path.
+            raise PydanticCustomError(
+                "hapair_cross_field",
+                "{summary}",
+                {"summary": "; ".join(f"{p}: {m}" for p, m in problems), "problems": problems},
+            )
+        return self
