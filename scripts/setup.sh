@@ -9,6 +9,16 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v arping >/dev/null || need+=(arping)
 command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
+# The engines of the proxy and redirect balancers.
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v setpriv >/dev/null || need+=(util-linux)
+# The balancer benchmark's load generators and reference DNS server.
+if [ "${HAPAIR_WITH_BENCH:-0}" = 1 ]; then
+  command -v wrk >/dev/null || need+=(wrk)
+  command -v dnsperf >/dev/null || need+=(dnsperf)
+  command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
+fi
 if [ "${HAPAIR_WITH_KEEPALIVED:-0}" = 1 ] && ! command -v keepalived >/dev/null \
    && [ ! -x /usr/sbin/keepalived ]; then
   need+=(keepalived)
