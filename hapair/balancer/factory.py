@@ -9,9 +9,7 @@ from hapair.balancer.plane import DataPlane
 from hapair.config.balancer import Balancer
 
 
-def make_plane(
-    cfg: Balancer, *, run_dir: Path, interface: str, log: Any = None
-) -> DataPlane:
+def make_plane(cfg: Balancer, *, run_dir: Path, interface: str, log: Any = None) -> DataPlane:
     """The data plane for ``cfg.kind``.
 
     ``run_dir`` is this instance's own directory for generated configuration and pid files

@@ -69,6 +69,13 @@ class HealthBoard:
             for name, spec in specs.items()
         }
 
+    def carry_over(self, old: HealthBoard) -> None:
+        """Keep what ``old`` knew of backends whose probe did not change (a config reload)."""
+        for name, b in self._backends.items():
+            previous = old._backends.get(name)
+            if previous is not None and previous.spec == b.spec:
+                self._backends[name] = previous
+
     def due(self, now: float) -> list[str]:
         """Backends whose probe should start now; they are marked in flight."""
         out = []

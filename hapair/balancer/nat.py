@@ -76,6 +76,9 @@ class NatDataPlane:
         if self.cfg is not None:
             check_forwarding(self.cfg)
 
+    def reconfigure(self, cfg: Balancer) -> None:
+        self.cfg = cfg
+
     def service(self, pool: Pool) -> NatService:
         """The nftables service for ``pool`` under this balancer's settings."""
         if self.cfg is None:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from hapair.config.balancer import Balancer
 
 Scheduler = Literal["rr", "random", "weighted", "source-hash"]
 IpAddress = IPv4Address | IPv6Address
@@ -62,6 +65,9 @@ class DataPlane(Protocol):
 
     def preflight(self) -> None:
         """Check, before anything changes, that this host can run the data plane."""
+
+    def reconfigure(self, cfg: Balancer) -> None:
+        """Take new settings (same kind, mode and listen) for the next ``apply``."""
 
     def apply(self, pool: Pool) -> bool:
         """Start serving ``pool``, or switch to it gracefully; False if it was already served."""

@@ -8,6 +8,7 @@ from hapair.balancer.health import HealthBoard, HealthChange, ProbeSpec
 from hapair.balancer.plane import DataPlane, Member, Pool, endpoint_name, uses_weights
 from hapair.config.balancer import Backend, Balancer
 from hapair.config.model import Config
+from hapair.errors import BalancerError
 
 
 def backend_name(b: Backend) -> str:
@@ -35,6 +36,21 @@ def build_plane(cfg: Config, log: Any = None) -> DataPlane:
         raise ValueError("no [balancer] configured")
     interface = next(v.interface for v in cfg.vip if v.ip == balancer.listen[0])
     return make_plane(balancer, run_dir=cfg.balancer_run_dir, interface=interface, log=log)
+
+
+def reload_blocker(old: Balancer, new: Balancer) -> str | None:
+    """Why ``new`` cannot replace ``old`` without a restart, or None if it can, live."""
+    fixed = [
+        ("kind", old.kind, new.kind),
+        ("mode", old.mode, new.mode),
+        ("listen", old.listen, new.listen),
+        ("protocol", old.protocol, new.protocol),
+        ("proxy.engine", old.proxy_options.engine, new.proxy_options.engine),
+    ]
+    changed = [f"balancer.{key}" for key, a, b in fixed if a != b]
+    if changed:
+        return f"{', '.join(changed)} cannot change on reload: restart the daemon"
+    return None
 
 
 class LocalBalancer:
@@ -77,6 +93,39 @@ class LocalBalancer:
         """Stop serving and remove what the data plane made (cold: on leaving MASTER; at exit)."""
         self.active = False
         self.plane.remove()
+
+    def reload(self, cfg: Balancer, now: float) -> None:
+        """Adopt a new ``[balancer]`` (same kind, mode, listen and engine); all or nothing.
+
+        Backends whose probe is unchanged keep their health; while serving, the new pool is
+        applied at once, and if the data plane refuses it (``nginx -t`` fails, say) the old
+        settings and pool stay in service and BalancerError is raised.
+        """
+        blocker = reload_blocker(self.cfg, cfg)
+        if blocker is not None:
+            raise BalancerError(blocker)
+        old_cfg, old_board, old_backends, old_specs = (
+            self.cfg,
+            self.board,
+            self.backends,
+            self.specs,
+        )
+        self.cfg = cfg
+        self.backends = {backend_name(b): b for b in cfg.backend}
+        self.specs = {name: probe_spec(cfg, b) for name, b in self.backends.items()}
+        self.board = HealthBoard(self.specs, now)
+        self.board.carry_over(old_board)
+        self.plane.reconfigure(cfg)
+        if not self.active:
+            return
+        try:
+            self.plane.apply(self.pool())
+        except BalancerError:
+            self.cfg, self.board, self.backends, self.specs = (
+                old_cfg, old_board, old_backends, old_specs,
+            )  # fmt: skip
+            self.plane.reconfigure(old_cfg)
+            raise
 
     def record(self, name: str, ok: bool, reason: str, now: float) -> HealthChange | None:
         """Feed a probe result; on a pool change, push the new pool at once."""

@@ -204,7 +204,7 @@ class Daemon:
             # The VIP set may change, but not the interfaces it lives on: carrier and ARP
             # watches are set up per interface at start.
             ("vip[*].interface", {v.interface for v in old.vip}, {v.interface for v in new.vip}),
-            ("balancer", old.balancer, new.balancer),
+            ("balancer", old.balancer is None, new.balancer is None),
         ]
         changed = [name for name, a, b in fixed if a != b]
         if changed:
@@ -213,6 +213,14 @@ class Daemon:
                 "error": f"{', '.join(changed)} cannot change on reload: restart the daemon "
                 "(hapair handover first to avoid an outage)",
             }
+        balancer = node.io.balancer
+        if balancer is not None and new.balancer is not None and new.balancer != old.balancer:
+            # First, and all or nothing: a pool the data plane refuses rejects the whole reload.
+            try:
+                balancer.reload(new.balancer, node.clock.now())
+            except BalancerError as exc:
+                return {"ok": False, "error": f"balancer: {exc} (the running balancer is kept)"}
+            self.log.info("balancer_reloaded", kind=new.balancer.kind)
         self.cfg = new
         node.key = key
         node.reconfigure(new)

@@ -30,7 +30,7 @@ plane = NatDataPlane()
 if sched == "remove":
     print(plane.remove())
 else:
-    plane.apply([NatService(ipaddress.ip_address(vip), port, backends, sched, masquerade=True)])
+    plane.apply_services([NatService(ipaddress.ip_address(vip), port, backends, sched, masquerade=True)])
 """
 
 

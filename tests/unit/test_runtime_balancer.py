@@ -27,6 +27,9 @@ class RecordingPlane:
     def preflight(self) -> None:
         pass
 
+    def reconfigure(self, cfg: Any) -> None:
+        self.cfg = cfg
+
     def apply(self, pool: Pool) -> bool:
         self.loaded.append([m.name for m in pool.members])
         self.weights.append([m.weight for m in pool.members])
@@ -132,3 +135,49 @@ def test_supervision_runs_only_while_serving_and_its_failure_surfaces() -> None:
     assert plane.supervised == [1.0, 1.3]
     with pytest.raises(BalancerError, match="6 times"):
         lb.tick(5.0)
+
+
+def reloaded(lb: LocalBalancer, **changes: Any) -> Any:
+    """A new [balancer] like the fixture's, with ``changes``."""
+    return balancer(**changes)[0].cfg
+
+
+def test_a_reload_applies_the_new_pool_and_keeps_known_health() -> None:
+    lb, plane = balancer()
+    lb.start()
+    lb.record("10.0.1.21:80", False, "refused", 1.0)
+    assert plane.loaded[-1] == ["10.0.1.22:80"]
+    new = reloaded(
+        lb,
+        backend=[
+            {"address": "10.0.1.21:80"},
+            {"address": "10.0.1.22:80", "weight": 5},
+            {"address": "10.0.1.23:80"},
+        ],
+        scheduler="weighted",
+    )
+    lb.reload(new, 2.0)
+    assert lb.board.snapshot()["10.0.1.21:80"]["reason"] == "refused"
+    # .21 is still down (same probe), .23 is new and starts in the pool, weights now count.
+    assert plane.loaded[-1] == ["10.0.1.22:80", "10.0.1.23:80"]
+    assert plane.weights[-1] == [5, 1]
+
+
+def test_a_refused_reload_keeps_the_running_balancer() -> None:
+    lb, plane = balancer()
+    lb.start()
+
+    def refuse(pool: Pool) -> bool:
+        raise BalancerError("nginx -t: unexpected end of file")
+
+    plane.apply = refuse  # type: ignore[method-assign]
+    old_cfg = lb.cfg
+    with pytest.raises(BalancerError, match="nginx -t"):
+        lb.reload(reloaded(lb, backend=[{"address": "10.0.1.29:80"}]), 2.0)
+    assert lb.cfg is old_cfg and list(lb.backends) == ["10.0.1.21:80", "10.0.1.22:80"]
+
+
+def test_kind_mode_and_listen_need_a_restart() -> None:
+    lb, _ = balancer()
+    with pytest.raises(BalancerError, match=r"balancer\.mode cannot change on reload"):
+        lb.reload(reloaded(lb, mode="cold"), 1.0)
