@@ -157,6 +157,18 @@ def cmd_handover(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Ask the daemon to re-read its file; print why if it refused (it keeps the old one)."""
+    from hapair.runtime.control import request
+
+    reply = request(control_socket(args.config), {"cmd": "reload"})
+    if not reply.get("ok"):
+        print(f"hapair reload: refused: {reply.get('error')}", file=sys.stderr)
+        return 1
+    print("reloaded")
+    return 0
+
+
 def cmd_release(args: argparse.Namespace) -> int:
     """Remove this node's VIPs and stale runtime files (idempotent)."""
     from hapair.runtime.release import release
@@ -173,6 +185,21 @@ def cmd_release(args: argparse.Namespace) -> int:
         print(f"removed {item}")
     if not report.removed:
         print("nothing to release")
+    return 0
+
+
+def cmd_realserver(args: argparse.Namespace) -> int:
+    """Prepare (up) or restore (down) a direct-routing backend."""
+    from hapair import realserver
+
+    vip = realserver.parse_vip(args.vip)
+    state = Path(args.state_file)
+    if args.action == "up":
+        report = realserver.up(vip, args.interface or realserver.DEFAULT_INTERFACE, state)
+    else:
+        report = realserver.down(vip, args.interface, state)
+    for line in report:
+        print(line)
     return 0
 
 
@@ -268,6 +295,21 @@ def build_parser(with_lab: bool = True) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser(
+        "reload",
+        help="re-read the configuration file (like SIGHUP, but says if it failed)",
+        formatter_class=_RAW,
+        description="Ask the running daemon to validate its file again and apply it live:\n"
+        "priorities, timers, peers, key, checks, the VIP set and the balancer's pool,\n"
+        "scheduler and checks. Nothing is applied unless everything is (a pool the data\n"
+        "plane refuses, say an nginx config failing `nginx -t`, rejects the whole reload and\n"
+        "the running configuration stays). Node and cluster names, the port, the VIP\n"
+        "interfaces and the balancer's kind, mode, listen and engine need a restart.",
+        epilog="example:\n  hapair check-config /etc/hapair/hapair.toml && hapair reload",
+    )
+    _config_arg(p)
+    p.set_defaults(func=cmd_reload)
+
+    p = sub.add_parser(
         "handover",
         help="planned switchover to the peer",
         formatter_class=_RAW,
@@ -302,6 +344,55 @@ def build_parser(with_lab: bool = True) -> argparse.ArgumentParser:
         "--force", action="store_true", help="release even though this node's daemon is running"
     )
     p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser(
+        "realserver",
+        help="prepare a backend for direct routing (balancer kind dr)",
+        formatter_class=_RAW,
+        description=(
+            "Run this on each backend of a `dr` (direct routing) balancer, not on the pair.\n\n"
+            "Direct routing hands the client's packet to the backend unchanged: it is still\n"
+            "addressed to the VIP, and the backend answers the client directly. So the backend\n"
+            "must own the VIP, yet never claim it on the LAN, or it would steal the VIP from the\n"
+            "pair. `up` therefore:\n"
+            "  1. sets net.ipv4.conf.all.arp_ignore=1: answer ARP only for addresses on the\n"
+            "     interface the request came in on (the VIP is on lo, requests come on eth0);\n"
+            "  2. sets net.ipv4.conf.all.arp_announce=2: never use the VIP as the sender address\n"
+            "     of this host's own ARP requests (that would poison the neighbours' caches);\n"
+            "  3. adds VIP/32 (or /128) on lo: accepted locally, no subnet route, no ARP.\n"
+            "The kernel uses the larger of conf.all and conf.<interface>, so `all` covers every\n"
+            "interface; a value already at or above the target is left alone. IPv6 needs no\n"
+            "sysctl (Neighbour Solicitations are answered only for the receiving interface).\n\n"
+            "Both actions are idempotent. `down` removes the VIP, then restores the sysctls\n"
+            "`up` changed, once no prepared IPv4 VIP needs them; the previous values are kept in\n"
+            "the state file. The backend's service must listen on the VIP (or 0.0.0.0) at the\n"
+            "balancer's port: direct routing cannot change the port."
+        ),
+        epilog=(
+            "examples:\n"
+            "  hapair realserver up 10.0.1.50            (on every backend, e.g. at boot)\n"
+            "  hapair realserver up fd00::50 --interface lo\n"
+            "  hapair realserver down 10.0.1.50          (take the backend out of direct routing)\n"
+            "persist the sysctls instead, if you prefer (then `up` changes only the address):\n"
+            "  printf 'net.ipv4.conf.all.arp_ignore=1\\nnet.ipv4.conf.all.arp_announce=2\\n' \\\n"
+            "    > /etc/sysctl.d/90-hapair-dr.conf"
+        ),
+    )
+    p.add_argument("action", choices=["up", "down"], help="prepare (up) or restore (down)")
+    p.add_argument("vip", metavar="VIP", help="the balancer's VIP, e.g. 10.0.1.50 or fd00::50")
+    p.add_argument(
+        "--interface",
+        default=None,
+        metavar="IF",
+        help="where the VIP goes (default: lo; down: where up put it)",
+    )
+    p.add_argument(
+        "--state-file",
+        default="/run/hapair/realserver.json",
+        metavar="FILE",
+        help="record of what up changed, for down (default: /run/hapair/realserver.json)",
+    )
+    p.set_defaults(func=cmd_realserver)
 
     if with_lab:
         from hapair.lab.commands import register

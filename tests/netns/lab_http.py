@@ -9,7 +9,7 @@ import socket, sys
 names = []
 for _ in range(int(sys.argv[2])):
     try:
-        with socket.create_connection((sys.argv[1], 8080), timeout=1) as s:
+        with socket.create_connection((sys.argv[1], int(sys.argv[3])), timeout=1) as s:
             s.sendall(b"GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
             data = b""
             while chunk := s.recv(4096):
@@ -21,6 +21,6 @@ print(" ".join(names))
 """
 
 
-def fetch(lab: Lab, count: int) -> list[str]:
-    """``count`` sequential HTTP GETs to VIP:8080 from the client; "FAILED" for each failure."""
-    return lab.python("c", ["-c", GET, VIP4, str(count)]).stdout.split()
+def fetch(lab: Lab, count: int, port: int = 8080) -> list[str]:
+    """``count`` sequential HTTP GETs to VIP:PORT from the client; "FAILED" for each failure."""
+    return lab.python("c", ["-c", GET, VIP4, str(count), str(port)]).stdout.split()
