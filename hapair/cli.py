@@ -115,6 +115,13 @@ def format_status(s: dict[str, Any]) -> str:
     if s.get("rejected"):
         rej = ", ".join(f"{k}={v}" for k, v in sorted(s["rejected"].items()))
         lines.append(f"  rejected heartbeats: {rej}")
+    b = s.get("balancer")
+    if b:
+        serving = "serving" if b["active"] else "not serving"
+        lines.append(f"  balancer: {b['kind']} ({b['scheduler']}, {b['mode']}), {serving}")
+        for name, h in b["backends"].items():
+            state = "up" if h["up"] else "DOWN"
+            lines.append(f"    backend {name}: {state} ({h['reason']}, {h['probes']} probes)")
     return "\n".join(lines)
 
 

@@ -108,8 +108,13 @@ def test_format_status_shows_the_facts() -> None:
             "last_transition": {"from": "BACKUP", "to": "MASTER", "reason": "peer_dead",
                                 "ago": 12.0, "at": 1.7e9},
             "rejected": {"bad_mac": 2},
+            "balancer": {"kind": "proxy", "scheduler": "weighted", "mode": "hot",
+                         "active": True, "plane": {},
+                         "backends": {"10.0.1.21:80": {"up": False, "reason": "refused",
+                                                       "probes": 7}}},
         }
     )  # fmt: skip
     for needle in ("MASTER", "priority 90 (base 150)", "10.0.0.50/24", "peer lb2: BACKUP",
-                   "192.168.77.2", "peer_dead", "bad_mac=2"):  # fmt: skip
+                   "192.168.77.2", "peer_dead", "bad_mac=2", "balancer: proxy (weighted, hot)",
+                   "backend 10.0.1.21:80: DOWN (refused, 7 probes)"):  # fmt: skip
         assert needle in text
