@@ -200,7 +200,7 @@ def cmd_realserver(args: argparse.Namespace) -> int:
     from hapair import realserver
 
     vip = realserver.parse_vip(args.vip)
-    state = Path(args.state_file)
+    state = Path(args.state_file) if args.state_file else None
     if args.action == "up":
         report = realserver.up(vip, args.interface or realserver.DEFAULT_INTERFACE, state)
     else:
@@ -372,8 +372,10 @@ def build_parser(with_lab: bool = True) -> argparse.ArgumentParser:
             "sysctl (Neighbour Solicitations are answered only for the receiving interface).\n\n"
             "Both actions are idempotent. `down` removes the VIP, then restores the sysctls\n"
             "`up` changed, once no prepared IPv4 VIP needs them; the previous values are kept in\n"
-            "the state file. The backend's service must listen on the VIP (or 0.0.0.0) at the\n"
-            "balancer's port: direct routing cannot change the port."
+            "the state file.\n\n"
+            "The service must listen at the balancer's port (direct routing cannot change it)\n"
+            "on the VIP and on the backend's own address, which the pair's health checks\n"
+            "probe: listening on 0.0.0.0 (or ::) covers both."
         ),
         epilog=(
             "examples:\n"
@@ -395,9 +397,10 @@ def build_parser(with_lab: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--state-file",
-        default="/run/hapair/realserver.json",
+        default=None,
         metavar="FILE",
-        help="record of what up changed, for down (default: /run/hapair/realserver.json)",
+        help="record of what up changed, for down"
+        " (default: /run/hapair/realserver-NETNS.json, one per network namespace)",
     )
     p.set_defaults(func=cmd_realserver)
 

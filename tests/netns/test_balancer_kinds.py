@@ -138,10 +138,11 @@ def wait_for(pred: Callable[[], bool], timeout: float, step: float = 0.05) -> bo
     return bool(pred())
 
 
-def backend_service(lab: Lab, host: str, case: Case) -> None:
+def backend_service(lab: Lab, host: str, case: Case, lan: bool = True) -> None:
     """(Re)start the lab service on a backend; for dr also on the VIP (its loopback)."""
     argv = [sys.executable, "-m", "hapair.lab.service", "--name", host, "--vip", LAN4[host]]
-    lab.spawn(f"service-{host}", host, argv, stdout=subprocess.DEVNULL)
+    if lan:
+        lab.spawn(f"service-{host}", host, argv, stdout=subprocess.DEVNULL)
     if case.kind == "dr":
         argv = [sys.executable, "-m", "hapair.lab.service", "--name", host, "--vip", VIP4]
         lab.spawn(f"service-{host}-vip", host, argv, stdout=subprocess.DEVNULL)
@@ -168,7 +169,7 @@ def case_lab(request: pytest.FixtureRequest) -> Iterator[tuple[Case, Lab]]:
         if case.kind == "dr":
             for host in ("r1", "r2"):
                 lab.python(host, ["-m", "hapair", "realserver", "up", VIP4])
-                backend_service(lab, host, case)
+                backend_service(lab, host, case, lan=False)  # the lab runs the LAN one
         write_configs(lab, case, "weighted")
         lab.hapair.start("a")
         lab.hapair.start("b")

@@ -30,7 +30,8 @@ plane = NatDataPlane()
 if sched == "remove":
     print(plane.remove())
 else:
-    plane.apply_services([NatService(ipaddress.ip_address(vip), port, backends, sched, masquerade=True)])
+    svc = NatService(ipaddress.ip_address(vip), port, backends, sched, masquerade=True)
+    plane.apply_services([svc])
 """
 
 
