@@ -22,15 +22,16 @@ import ipaddress, sys
 from hapair.balancer.nat import NatDataPlane
 from hapair.balancer.nft import NatBackend, NatService
 sched, weights, vip, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+masquerade = sys.argv[5] == "masquerade"
 backends = tuple(
     NatBackend(ipaddress.ip_address(a), 80, int(w))
-    for a, w in zip(sys.argv[5:], weights.split(","))
+    for a, w in zip(sys.argv[6:], weights.split(","))
 )
 plane = NatDataPlane()
 if sched == "remove":
     print(plane.remove())
 else:
-    svc = NatService(ipaddress.ip_address(vip), port, backends, sched, masquerade=True)
+    svc = NatService(ipaddress.ip_address(vip), port, backends, sched, masquerade=masquerade)
     plane.apply_services([svc])
 """
 
@@ -44,10 +45,12 @@ def lab() -> Iterator[Lab]:
         yield lab
 
 
-def apply(lab: Lab, node: str, scheduler: str, weights: str = "1,1") -> None:
+def apply(
+    lab: Lab, node: str, scheduler: str, weights: str = "1,1", return_path: str = "masquerade"
+) -> None:
     lab.python(
         node,
-        ["-c", APPLY, scheduler, weights, VIP4, "8080", LAN4["r1"], LAN4["r2"]],
+        ["-c", APPLY, scheduler, weights, VIP4, "8080", return_path, LAN4["r1"], LAN4["r2"]],
     )
 
 
@@ -80,7 +83,33 @@ def test_a_node_without_the_vip_does_not_translate(lab: Lab) -> None:
 
 def test_remove_is_idempotent_and_stops_the_translation(lab: Lab) -> None:
     apply(lab, "a", "rr")
-    assert lab.python("a", ["-c", APPLY, "remove", "1,1", VIP4, "8080"]).stdout.strip() == "True"
-    assert lab.python("a", ["-c", APPLY, "remove", "1,1", VIP4, "8080"]).stdout.strip() == "False"
+    assert (
+        lab.python("a", ["-c", APPLY, "remove", "1,1", VIP4, "8080", "-"]).stdout.strip() == "True"
+    )
+    assert (
+        lab.python("a", ["-c", APPLY, "remove", "1,1", VIP4, "8080", "-"]).stdout.strip() == "False"
+    )
     assert fetch(lab, 1) == ["FAILED"]  # nothing listens on the VIP:8080 without the DNAT
     assert lab.has_vip("a")  # the VIP itself stays: releasing it is the daemon's job
+
+
+def test_without_masquerade_the_backends_route_back_via_a_gateway_vip(lab: Lab) -> None:
+    """Classic LVS-NAT: the client's address reaches the backends; their replies go back
+    through a second VIP that moves with the first (the dispatcher un-NATs them)."""
+    gateway = "10.77.0.51"
+    lab.exec("a", ["ip", "addr", "add", f"{gateway}/24", "dev", "eth0"])
+    # One-armed here (client and backends share the LAN): no ICMP redirects, or the backends
+    # would learn to answer the client directly, from the wrong address.
+    lab.exec("a", ["sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0",
+                   "net.ipv4.conf.eth0.send_redirects=0"])  # fmt: skip
+    for host in ("r1", "r2"):
+        lab.exec(host, ["ip", "route", "add", f"{LAN4['c']}/32", "via", gateway])
+    apply(lab, "a", "rr", return_path="route")
+    assert sorted(Counter(fetch(lab, 4)).items()) == [("r1", 2), ("r2", 2)]
+    rules = lab.exec("a", ["nft", "list", "table", "inet", "hapair"]).stdout
+    assert "masquerade" not in rules
+    # The backends saw the client's own address (no SNAT): their conntrack-free service
+    # answered to 10.77.0.100 via the gateway VIP, which is why the fetch above worked.
+    for host in ("r1", "r2"):
+        route = lab.exec(host, ["ip", "route", "get", LAN4["c"]]).stdout
+        assert f"via {gateway}" in route
