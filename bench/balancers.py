@@ -55,6 +55,7 @@ class Kind:
     load: str = "http"  # "http" or "dns"
     node_sysctls: tuple[str, ...] = ()
     realserver: bool = False
+    gateway: str | None = None  # a second VIP the backends route the client through
 
 
 def _backends(weighted: bool = False) -> str:
@@ -79,6 +80,12 @@ KINDS: Final = {
     "nat": Kind(
         "nat", _table("nat", "masquerade = true"), "direct", 0.9,
         node_sysctls=("net.ipv4.ip_forward=1",),
+    ),
+    "nat-gw": Kind(
+        "nat-gw", _table("nat") + '\n[[vip]]\naddress = "10.77.0.51/24"\ninterface = "eth0"\n',
+        "direct", 0.9, gateway="10.77.0.51",
+        node_sysctls=("net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0",
+                      "net.ipv4.conf.eth0.send_redirects=0"),
     ),
     "dr": Kind("dr", _table("dr"), "direct", 0.9, realserver=True),
     "proxy-nginx": Kind(
@@ -272,6 +279,9 @@ class Bench:
         if kind.realserver:
             for host in BACKENDS:
                 lab.python(host, ["-m", "hapair", "realserver", "up", VIP4])
+        if kind.gateway:
+            for host in BACKENDS:
+                lab.exec(host, ["ip", "route", "replace", f"{LAN4['c']}/32", "via", kind.gateway])
         for node in ("a", "b"):
             cfg = lab.hapair.config_path(node)
             base = cfg.read_text().split("\n[balancer]")[0]
@@ -297,6 +307,9 @@ class Bench:
             if kind.realserver:
                 for host in BACKENDS:
                     lab.python(host, ["-m", "hapair", "realserver", "down", VIP4], check=False)
+            if kind.gateway:
+                for host in BACKENDS:
+                    lab.exec(host, ["ip", "route", "del", f"{LAN4['c']}/32"], check=False)
 
     def reference_server(self, kind: Kind) -> tuple[list[str], str]:
         """The reference server's argv on node a and a label."""
