@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from ipaddress import ip_address
+from pathlib import Path
 from typing import Annotated, Final, Literal
 
 from pydantic import AfterValidator, Field, PlainValidator
@@ -31,10 +32,22 @@ KINDS: Final[tuple[Kind, ...]] = ("nat", "dr", "proxy", "redirect", "dns")
 _LABEL_RE: Final = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
+def _ipvs_note() -> str:
+    # The module creates /proc/net/ip_vs when loaded; modules.builtin/modules.dep say if it exists.
+    if Path("/proc/net/ip_vs").exists():
+        return "this kernel has IPVS loaded, but hapair does not drive it"
+    return "this kernel has no IPVS loaded either (/proc/net/ip_vs is missing)"
+
+
 def _balancer_kind(value: object) -> Kind:
     for kind in KINDS:
         if value == kind:
             return kind
+    if value == "ipvs":
+        raise problem(
+            f'"ipvs" is not offered: use "nat" (L4 NAT with nftables, the same job) or "dr"'
+            f" (direct routing); {_ipvs_note()}"
+        )
     raise problem(
         f'must be one of "nat", "dr", "proxy", "redirect", "dns" (got {toml_repr(value)})'
     )

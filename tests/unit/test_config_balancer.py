@@ -70,6 +70,14 @@ def test_an_unknown_kind_names_the_choices() -> None:
     ]
 
 
+def test_ipvs_is_refused_with_the_alternative() -> None:
+    found = problems(with_balancer({"kind": "ipvs", "listen": "10.0.0.50:80", "backend": [
+        {"address": "10.0.1.21:80"}]}))  # fmt: skip
+    assert len(found) == 1 and found[0][0] == "balancer.kind"
+    assert found[0][1].startswith('"ipvs" is not offered: use "nat" (L4 NAT with nftables')
+    assert "IPVS" in found[0][1]
+
+
 @pytest.mark.parametrize("kind", ["nat", "dr", "proxy", "redirect"])
 def test_every_kind_but_dns_is_accepted_with_the_common_keys(kind: str) -> None:
     cfg = validate_config(with_balancer({"kind": kind, "listen": "10.0.0.50:80", "backend": [
