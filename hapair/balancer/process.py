@@ -7,7 +7,15 @@ peer takes the VIP. ``Supervised`` is the I/O around it: it records the child's 
 file, so that ``hapair release`` (after the daemon was killed) and the next start find and stop
 a process they did not start themselves, and it checks ``/proc/PID/cmdline`` first so a reused
 pid is never signalled. The child gets ``PDEATHSIG`` (via ``setpriv``) and dies with the daemon:
-a data plane nobody probes or reloads must not go on serving a stale pool.
+a data plane nobody probes or reloads must not go on serving a stale pool. The signal is tied to
+the *thread* that started the child, so start it from the daemon's main thread, never from a
+short-lived worker thread (``asyncio.to_thread``): the child would die with that thread.
+
+The child runs in its own session, so its workers (nginx forks them) share its process group:
+when the leader dies hard, the rest of the group is killed too, or orphaned workers would keep
+the listening socket and serve the old pool. Its stderr is a pipe that a small reader thread
+empties into a bounded tail at once: a child that logs a lot (nginx, one line per failed
+upstream connection) must never block on a full pipe, whatever the daemon's loop is doing.
 """
 
 from __future__ import annotations
@@ -17,12 +25,13 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
 
 from hapair.errors import BalancerError
 
@@ -31,6 +40,12 @@ POLL_INTERVAL: Final = 0.25
 STOP_TIMEOUT: Final = 5.0
 #: Per start: how long the child may take to become ready (bound its sockets, say).
 READY_TIMEOUT: Final = 5.0
+#: How much of the child's stderr is kept (for the died event and ``status``).
+STDERR_TAIL: Final = 4096
+#: How long a dead child's last words may take to arrive through the stderr pipe.
+STDERR_FLUSH: Final = 0.5
+#: How long ``signal`` waits for the child to install its handler (sent too early, it kills).
+HANDLER_WAIT: Final = 2.0
 
 
 @dataclass
@@ -51,7 +66,7 @@ class RestartPolicy:
         count = len(self._deaths)
         if count > self.limit:
             return None
-        return now + min(self.cap, self.first * 2 ** (count - 1))
+        return now + min(self.cap, self.first * 2.0 ** (count - 1))
 
     @property
     def recent_deaths(self) -> int:
@@ -67,21 +82,61 @@ def _cmdline(pid: int) -> bytes:
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie another parent has not reaped yet has stopped serving: not alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def _group_leader(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except OSError:
+        return False
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL what is left of ``pid``'s process group; call only while ``pid`` is still held
+    (alive, or a zombie not yet reaped), so the group id cannot belong to anybody else."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def caught_signals(status: str) -> set[int]:
+    """The signals a process has handlers for, from ``/proc/PID/status`` (``SigCgt``)."""
+    for line in status.splitlines():
+        if line.startswith("SigCgt:"):
+            mask = int(line.split(":", 1)[1].strip(), 16)
+            return {bit + 1 for bit in range(mask.bit_length()) if mask >> bit & 1}
+    return set()
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether ``pid`` has installed a handler for ``sig`` (a reload signal, say)."""
+    try:
+        return sig in caught_signals(Path(f"/proc/{pid}/status").read_text())
+    except OSError:
+        return False
 
 
 def stop_pid(
     pid: int, marker: str, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT
 ) -> bool:
-    """Stop ``pid`` if its command line contains ``marker``; True if it was ours and ran."""
+    """Stop ``pid`` if its command line contains ``marker``; True if it was ours and ran.
+
+    After ``timeout`` it is killed, with the rest of its process group if it leads one.
+    """
     if marker.encode() not in _cmdline(pid):
         return False
+    leader = _group_leader(pid)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
     deadline = time.monotonic() + timeout
@@ -92,20 +147,72 @@ def stop_pid(
     if _alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+        if leader:
+            _kill_group(pid)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
     return True
 
 
-def stop_from_pidfile(pidfile: Path, marker: str, sig: int = signal.SIGTERM) -> bool:
+def stop_from_pidfile(
+    pidfile: Path, marker: str, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT
+) -> bool:
     """Stop the process a pid file names, if it is still ours; remove the file."""
     try:
         pid = int(pidfile.read_text().strip())
     except (OSError, ValueError):
         return False
-    stopped = stop_pid(pid, marker, sig)
+    stopped = stop_pid(pid, marker, sig, timeout)
     pidfile.unlink(missing_ok=True)
     return stopped
+
+
+class StderrTail:
+    """A reader thread that empties a child's stderr pipe, keeping the last ``limit`` bytes."""
+
+    def __init__(self, stream: IO[bytes], limit: int = STDERR_TAIL) -> None:
+        self._stream = stream
+        self._limit = limit
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._pump, name="stderr-tail", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        fd = self._stream.fileno()
+        try:
+            while chunk := os.read(fd, 65536):
+                with self._lock:
+                    self._buf += chunk
+                    del self._buf[: -self._limit]
+        except OSError:
+            pass
+        finally:
+            self._stream.close()
+
+    def text(self) -> str:
+        """What was kept so far."""
+        with self._lock:
+            return self._buf.decode(errors="replace")
+
+    def finish(self, timeout: float = STDERR_FLUSH) -> str:
+        """Wait (bounded) for the end of the stream; the text kept."""
+        self._thread.join(timeout)
+        return self.text()
+
+
+def _exit_status(proc: subprocess.Popen[bytes]) -> int | None:
+    """``proc``'s exit status if it has exited, *without* reaping it: while its zombie holds
+    the pid, the pid and its process group cannot belong to anybody else."""
+    if proc.returncode is not None:
+        return proc.returncode
+    try:
+        info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return proc.poll()
+    if info is None:
+        return None
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
 
 def _with_pdeathsig(argv: Sequence[str]) -> list[str]:
@@ -129,6 +236,7 @@ class Supervised:
         *,
         ready: Callable[[], bool] | None = None,
         stop_signal: int = signal.SIGTERM,
+        stop_timeout: float = STOP_TIMEOUT,
         policy: RestartPolicy | None = None,
         on_event: Callable[..., None] | None = None,
     ) -> None:
@@ -138,20 +246,34 @@ class Supervised:
         self.marker = marker
         self.ready = ready
         self.stop_signal = stop_signal
+        self.stop_timeout = stop_timeout
         self.policy = policy or RestartPolicy()
         self.on_event = on_event or (lambda event, **kw: None)
         self.proc: subprocess.Popen[bytes] | None = None
         self.restart_at: float | None = None
         self.starts = 0
+        self.restarts = 0
         self.last_exit: int | None = None
+        self._tail: StderrTail | None = None
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        """The child runs (asking never reaps it: only supervise and stop do)."""
+        return self.proc is not None and _exit_status(self.proc) is None
+
+    @property
+    def pid(self) -> int | None:
+        """The running child's pid."""
+        return self.proc.pid if self.proc is not None and self.running else None
+
+    @property
+    def stderr_tail(self) -> str:
+        """The last few KiB the child (the current or the last one) wrote to stderr."""
+        return self._tail.text() if self._tail is not None else ""
 
     def start(self) -> None:
         """Start the child (stopping a stale one first) and wait until it is ready."""
-        stop_from_pidfile(self.pidfile, self.marker, self.stop_signal)
+        stop_from_pidfile(self.pidfile, self.marker, self.stop_signal, self.stop_timeout)
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         try:
             proc = subprocess.Popen(
@@ -160,31 +282,56 @@ class Supervised:
             )  # fmt: skip
         except OSError as exc:
             raise BalancerError(f"{self.name}: cannot start {self.argv[0]}: {exc}") from exc
+        self._tail = StderrTail(proc.stderr) if proc.stderr is not None else None
         self.pidfile.write_text(f"{proc.pid}\n")
         self.proc = proc
         self.starts += 1
         self.restart_at = None
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
-            code = proc.poll()
-            if code is not None:
-                self.last_exit = code
-                err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-                self.proc = None
-                self.pidfile.unlink(missing_ok=True)
-                raise BalancerError(f"{self.name} exited with status {code} at start: {err}")
+            if self._exited() is not None:
+                code = self._reap()
+                raise BalancerError(
+                    f"{self.name} exited with status {code} at start: {self.stderr_tail.strip()}"
+                )
             if self.ready is None or self.ready():
-                if proc.stderr is not None:
-                    os.set_blocking(proc.stderr.fileno(), False)
                 return
             time.sleep(0.005)
+        err = self.stderr_tail.strip()
         self.stop()
-        raise BalancerError(f"{self.name} was not ready within {READY_TIMEOUT:g} s")
+        raise BalancerError(f"{self.name} was not ready within {READY_TIMEOUT:g} s: {err}")
 
-    def signal(self, sig: int) -> None:
-        """Send ``sig`` (a graceful reload, say) to the running child."""
+    def _exited(self) -> int | None:
+        return _exit_status(self.proc) if self.proc is not None else None
+
+    def _reap(self) -> int | None:
+        """Kill what is left of the dead child's group, reap it, forget it; its exit status."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.returncode is None:
+            _kill_group(proc.pid)  # the zombie still holds the pid: the group is this child's
+        code = proc.wait()
+        if self._tail is not None:
+            self._tail.finish()
+        self.last_exit = code
+        self.proc = None
+        self.pidfile.unlink(missing_ok=True)
+        return code
+
+    def signal(self, sig: int, *, handler_wait: float = HANDLER_WAIT) -> None:
+        """Send ``sig`` (a graceful reload, say) to the running child.
+
+        Waits up to ``handler_wait`` for the child to catch ``sig``: a reload signal that
+        arrives before the handler is installed (right after a start or a re-exec) kills it.
+        """
         if not self.running or self.proc is None:
             raise BalancerError(f"{self.name} is not running")
+        deadline = time.monotonic() + handler_wait
+        while not catches(self.proc.pid, sig) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if not catches(self.proc.pid, sig):
+            raise BalancerError(f"{self.name} does not handle signal {sig} (yet): not sent")
         self.proc.send_signal(sig)
 
     def stop(self) -> None:
@@ -192,7 +339,10 @@ class Supervised:
         self.restart_at = None
         proc, self.proc = self.proc, None
         if proc is not None:
-            stop_pid(proc.pid, self.marker, self.stop_signal)
+            if _exit_status(proc) is None:
+                stop_pid(proc.pid, self.marker, self.stop_signal, self.stop_timeout)
+            elif proc.returncode is None:
+                _kill_group(proc.pid)  # dead but not reaped: its workers may live on
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=1.0)
         self.pidfile.unlink(missing_ok=True)
@@ -200,20 +350,13 @@ class Supervised:
     def supervise(self, now: float) -> float | None:
         """Restart a dead child on the policy's schedule; BalancerError when giving up."""
         if self.proc is not None:
-            code = self.proc.poll()
-            if code is None:
+            if self._exited() is None:
                 return now + POLL_INTERVAL
-            self.last_exit = code
-            err = b""
-            if self.proc.stderr is not None:
-                with contextlib.suppress(OSError, TypeError):
-                    err = self.proc.stderr.read() or b""
-            self.proc = None
-            self.pidfile.unlink(missing_ok=True)
+            code = self._reap()
             self.restart_at = self.policy.died(now)
             self.on_event(
                 "balancer_process_died", process=self.name, status=code,
-                stderr=err.decode(errors="replace").strip()[-500:],
+                stderr=self.stderr_tail.strip()[-500:],
                 restart_in=None if self.restart_at is None else round(self.restart_at - now, 3),
             )  # fmt: skip
             if self.restart_at is None:
@@ -233,15 +376,17 @@ class Supervised:
             if self.restart_at is None:
                 raise
             return self.restart_at
+        self.restarts += 1
         self.on_event("balancer_process_restarted", process=self.name, starts=self.starts)
         return now + POLL_INTERVAL
 
     def status(self) -> dict[str, Any]:
-        """Pid, starts, last exit status, restart pending."""
+        """Pid, starts, restarts, last exit status, restart pending."""
         return {
             "process": self.name,
-            "pid": self.proc.pid if self.running and self.proc else None,
+            "pid": self.pid,
             "starts": self.starts,
+            "restarts": self.restarts,
             "last_exit": self.last_exit,
             "restart_pending": self.restart_at is not None,
         }

@@ -33,7 +33,7 @@ _LABEL_RE: Final = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
 def _ipvs_note() -> str:
-    # The module creates /proc/net/ip_vs when loaded; modules.builtin/modules.dep say if it exists.
+    # The ip_vs module creates /proc/net/ip_vs when it is loaded (or built in).
     if Path("/proc/net/ip_vs").exists():
         return "this kernel has IPVS loaded, but hapair does not drive it"
     return "this kernel has no IPVS loaded either (/proc/net/ip_vs is missing)"
