@@ -228,7 +228,7 @@ class Row:
     reference: list[float] = field(default_factory=list)
 
     def ratio(self) -> float | None:
-        if not self.hapair or not self.reference:
+        if not self.hapair or not self.reference or statistics.median(self.reference) <= 0:
             return None
         return statistics.median(self.hapair) / statistics.median(self.reference)
 
@@ -352,6 +352,8 @@ def measure(bench: Bench, kind: Kind, runs: int) -> Row:
         lab.remove_vips("a")
         lab.remove_vips("b")
         lab.exec("a", ["ip", "addr", "add", f"{VIP4}/24", "dev", "eth0"])
+        # hapair's exit moved the VIP to b on its way out: the client must ask again.
+        lab.exec("c", ["ip", "neigh", "flush", "all"])
         lab.spawn(f"ref-{label}", "a", argv)
         try:
             time.sleep(0.5)
