@@ -273,6 +273,8 @@ class Supervised:
 
     def start(self) -> None:
         """Start the child (stopping a stale one first) and wait until it is ready."""
+        if self.proc is not None and self._exited() is not None:
+            self._reap()  # a death supervise has not seen yet: its workers must go too
         stop_from_pidfile(self.pidfile, self.marker, self.stop_signal, self.stop_timeout)
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -475,6 +475,8 @@ class Node:
                 failed = self.holder.acquire(action.reason)
                 if failed:
                     self._handle(FitnessChanged(0, True, failed))
+                else:
+                    self._start_cold_balancer()
             elif isinstance(action, ReleaseVips):
                 self.holder.release(action.reason)
             elif isinstance(action, Announce):
@@ -494,6 +496,20 @@ class Node:
             elif isinstance(action, Stopped):
                 self.done = True
 
+    def _start_cold_balancer(self) -> None:
+        """Cold mode: start the balancer once the VIP is on this node (an engine binds it)
+        and before the VIP is announced (the first client after the GARP is served)."""
+        balancer = self.io.balancer
+        if balancer is None or balancer.cfg.mode != "cold" or balancer.active:
+            return
+        if self.election.role is not Role.MASTER:
+            return
+        try:
+            balancer.start()
+            self.log.info("balancer_started", kind=balancer.cfg.kind, mode="cold")
+        except BalancerError as exc:
+            self._balancer_failed(exc)
+
     def _on_role_changed(self, action: RoleChanged) -> None:
         self.last_transition_wall = time.time()
         self.log.info(
@@ -507,15 +523,15 @@ class Node:
         if action.to_role is not Role.MASTER:
             self.holder.schedule.stop()
         balancer = self.io.balancer
-        if balancer is not None and balancer.cfg.mode == "cold":
-            # Cold: the balancer runs on the MASTER only, started before the VIP is announced.
+        if (
+            balancer is not None
+            and balancer.cfg.mode == "cold"
+            and action.to_role is not Role.MASTER
+            and balancer.active
+        ):
             try:
-                if action.to_role is Role.MASTER:
-                    balancer.start()
-                    self.log.info("balancer_started", kind=balancer.cfg.kind, mode="cold")
-                elif balancer.active:
-                    balancer.stop()
-                    self.log.info("balancer_stopped", kind=balancer.cfg.kind, mode="cold")
+                balancer.stop()
+                self.log.info("balancer_stopped", kind=balancer.cfg.kind, mode="cold")
             except BalancerError as exc:
                 self._balancer_failed(exc)
         # Persist at the end of this step: the VIP and its first GARP must not wait for disk.

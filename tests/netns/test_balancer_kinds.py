@@ -227,3 +227,31 @@ def test_spread_stickiness_a_dead_backend_and_failover(case_lab: tuple[Case, Lab
     assert wait_for(lambda: lab.has_vip("b"), 5)
     assert wait_for(lambda: "FAILED" not in case.ask(lab, 4), 5)
     assert set(case.ask(lab, 12)) == {"r1", "r2"}
+
+
+def test_cold_nginx_starts_on_the_new_master_without_nonlocal_bind() -> None:
+    """Cold mode: the engine starts once the VIP is on the node (so nginx can bind it with
+    ip_nonlocal_bind=0) and before the VIP is announced; it stops on leaving MASTER."""
+    case = CASES["proxy-nginx"]
+    lab = Lab(f"hc{os.getpid() % 10000}", timers=FAST)
+    lab.up()
+    try:
+        for node in ("a", "b"):
+            cfg = lab.hapair.config_path(node)
+            cfg.write_text(cfg.read_text() + balancer_toml(case, "rr").replace(
+                'scheduler = "rr"', 'scheduler = "rr"\nmode = "cold"'))  # fmt: skip
+            assert lab.sysctl(node, "net.ipv4.ip_nonlocal_bind") == "0"
+        lab.hapair.start("a")
+        lab.hapair.start("b")
+        assert wait_for(lambda: lab.vip_holders() == ["a"], 10)
+        assert wait_for(lambda: "FAILED" not in case.ask(lab, 2), 5)
+        assert sorted(set(case.ask(lab, 4))) == ["r1", "r2"]
+        started = [e for e in lab.hapair.events() if e.name == "balancer_started"]
+        assert [e.node for e in started] == ["a"]
+        lab.hapair.terminate("a")  # graceful: b takes over and starts its engine first
+        assert wait_for(lambda: lab.has_vip("b"), 5)
+        assert wait_for(lambda: "FAILED" not in case.ask(lab, 2), 5)
+        assert sorted(set(case.ask(lab, 4))) == ["r1", "r2"]
+        assert not any(e.name == "balancer_failed" for e in lab.hapair.events())
+    finally:
+        lab.down()
