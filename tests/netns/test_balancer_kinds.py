@@ -226,7 +226,11 @@ def test_spread_stickiness_a_dead_backend_and_failover(case_lab: tuple[Case, Lab
     lab.set_host_links("a", up=False)
     assert wait_for(lambda: lab.has_vip("b"), 5)
     assert wait_for(lambda: "FAILED" not in case.ask(lab, 4), 5)
-    assert set(case.ask(lab, 12)) == {"r1", "r2"}
+    answers = case.ask(lab, 12)
+    assert set(answers) == {"r1", "r2"}, (answers, lab.hapair.status("b"), [
+        (e.node, e.name, e.fields) for e in lab.hapair.events()
+        if e.name.startswith(("backend", "balancer", "role"))
+    ])  # fmt: skip
 
 
 def test_cold_nginx_starts_on_the_new_master_without_nonlocal_bind() -> None:
