@@ -147,3 +147,26 @@ def test_listen_address_must_be_one_of_the_vips() -> None:
         )
     )
     assert found == [("balancer.listen", "10.0.0.99 is not one of the VIPs")]
+
+
+def test_check_config_explains_the_balancer() -> None:
+    from hapair.config.explain import explain_balancer
+
+    cfg = validate_config(with_balancer({
+        "kind": "proxy", "listen": "10.0.0.50:80", "scheduler": "weighted",
+        "check": {"kind": "http", "interval": "1s", "timeout": "500ms", "fall": 3, "rise": 2},
+        "backend": [{"address": "10.0.1.21:80", "weight": 2},
+                    {"address": "10.0.1.22:80", "check": {"kind": "none"}}],
+    }), check_secret=False)  # fmt: skip
+    assert cfg.balancer is not None
+    lines = explain_balancer(cfg.balancer)
+    assert lines[0] == (
+        "balancer: reverse proxy (nginx) on 10.0.0.50:80, weighted over 2 backend(s):"
+        " 10.0.1.21:80 (weight 2), 10.0.1.22:80 (weight 1)"
+    )
+    assert (
+        "probes (each backend): http every 1s; out of the pool after 3 failures (≤ 3.5s),"
+        " back after 2 successes"
+    ) in lines
+    assert "probes (backend[1]): none; always in the pool" in lines
+    assert lines[-1].startswith("balancer needs: net.ipv4.ip_nonlocal_bind=1")
