@@ -168,7 +168,7 @@ def reference_haproxy(run: Path) -> str:
     return f"""
 global
     pidfile {run}/haproxy-ref.pid
-    maxconn 20000
+    maxconn 4096
 defaults
     mode http
     timeout connect 2s
@@ -255,6 +255,14 @@ class Bench:
         self.queries = self.run / "queries.txt"
         self.queries.write_text(f"{DNS_NAME} A\n" * 100)
 
+    def tune_hosts(self) -> None:
+        """Every run opens tens of thousands of short upstream connections from the dispatcher:
+        reuse TIME_WAIT ports and widen the range, or later runs starve of ports (for hapair
+        and the reference alike) and the figures drift down run after run."""
+        for host in ("a", "b", "c", *BACKENDS):
+            self.lab.exec(host, ["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1",
+                                 "net.ipv4.ip_local_port_range=1024 65535"])  # fmt: skip
+
     def start_backends(self) -> None:
         for host in BACKENDS:
             conf = self.run / f"nginx-{host}.conf"
@@ -271,7 +279,9 @@ class Bench:
             return dnsperf(self.lab, server, self.seconds, self.queries)
         return wrk(self.lab, f"http://{server}:{PORT}/", self.seconds, self.connections)
 
-    def with_hapair(self, kind: Kind, runs: int, row: Row, reference: Callable[[], float]) -> None:
+    def with_hapair(
+        self, kind: Kind, runs: int, row: Row, reference: Callable[[], float] | None
+    ) -> None:
         lab = self.lab
         for node in ("a", "b"):
             for setting in kind.node_sysctls:
@@ -294,12 +304,11 @@ class Bench:
             time.sleep(1.0)  # first probes done, engines up
             for _ in range(runs):
                 row.hapair.append(self.load(kind, VIP4))
-                row.reference.append(reference())
-                print(
-                    f"  {kind.name}: hapair {row.hapair[-1]:.0f}/s,"
-                    f" {kind.reference} {row.reference[-1]:.0f}/s",
-                    file=sys.stderr,
-                )
+                line = f"  {kind.name}: hapair {row.hapair[-1]:.0f}/s"
+                if reference is not None:
+                    row.reference.append(reference())
+                    line += f", {kind.reference} {row.reference[-1]:.0f}/s"
+                print(line, file=sys.stderr)
         finally:
             lab.hapair.terminate("a")
             lab.hapair.terminate("b")
@@ -345,10 +354,14 @@ def measure(bench: Bench, kind: Kind, runs: int) -> Row:
         return row
     # The reference serves on node a's VIP address while hapair is stopped; runs alternate.
     argv, label = bench.reference_server(kind)
+    port, proto = (53, "u") if kind.load == "dns" else (PORT, "t")
     for _ in range(runs):
         one = Row(kind)
-        bench.with_hapair(kind, 1, one, lambda: 0.0)
+        bench.with_hapair(kind, 1, one, None)
         row.hapair += one.hapair
+        for node in ("a", "b"):  # hapair's engine lets its last connections finish first
+            if not wait_for(lambda n=node: not listening(lab, n, port, proto), 15):
+                raise LabError(f"{kind.name}: something still listens on {node}:{port}")
         lab.remove_vips("a")
         lab.remove_vips("b")
         lab.exec("a", ["ip", "addr", "add", f"{VIP4}/24", "dev", "eth0"])
@@ -356,13 +369,29 @@ def measure(bench: Bench, kind: Kind, runs: int) -> Row:
         lab.exec("c", ["ip", "neigh", "flush", "all"])
         lab.spawn(f"ref-{label}", "a", argv)
         try:
-            time.sleep(0.5)
+            if not wait_for(lambda: listening(lab, "a", port, proto), 10):
+                log = (lab.dir / f"ref-{label}.log").read_text(errors="replace")[-2000:]
+                raise LabError(f"reference {label} did not start:\n{log}")
             row.reference.append(bench.load(kind, VIP4))
+            if not lab.running(f"ref-{label}"):
+                raise LabError(f"reference {label} died during the run")
             print(f"  {kind.name}: {label} {row.reference[-1]:.0f}/s", file=sys.stderr)
+            if os.environ.get("BENCH_DEBUG"):
+                for n in ("a", "c", "r1"):
+                    tw = lab.exec(n, ["ss", "-s"], check=False).stdout.split("\n")[1]
+                    ps = lab.exec(n, ["pgrep", "-c", "nginx"], check=False).stdout.strip()
+                    print(f"    {n}: {tw} nginx procs {ps}", file=sys.stderr)
         finally:
             lab.stop(f"ref-{label}")
             lab.remove_vips("a")
     return row
+
+
+def listening(lab: Lab, node: str, port: int, proto: str) -> bool:
+    """Whether a socket on ``node`` listens on (tcp, ``proto="t"``) or binds (udp) ``port``."""
+    flags = "-Hltn" if proto == "t" else "-Hlun"
+    out = lab.exec(node, ["ss", flags, f"sport = :{port}"], check=False).stdout
+    return bool(out.strip())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -387,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     with Lab(f"bb{os.getpid() % 10000}", timers=Timers(interval=0.2, dead_after=5)) as lab:
         bench = Bench(lab, args.seconds, args.connections, args.body)
+        bench.tune_hosts()
         bench.start_backends()
         for kind in kinds:
             print(f"{kind.name} ...", file=sys.stderr)
