@@ -376,11 +376,6 @@ def measure(bench: Bench, kind: Kind, runs: int) -> Row:
             if not lab.running(f"ref-{label}"):
                 raise LabError(f"reference {label} died during the run")
             print(f"  {kind.name}: {label} {row.reference[-1]:.0f}/s", file=sys.stderr)
-            if os.environ.get("BENCH_DEBUG"):
-                for n in ("a", "c", "r1"):
-                    tw = lab.exec(n, ["ss", "-s"], check=False).stdout.split("\n")[1]
-                    ps = lab.exec(n, ["pgrep", "-c", "nginx"], check=False).stdout.strip()
-                    print(f"    {n}: {tw} nginx procs {ps}", file=sys.stderr)
         finally:
             lab.stop(f"ref-{label}")
             lab.remove_vips("a")
