@@ -90,6 +90,7 @@ def format_status(s: dict[str, Any]) -> str:
     lines = [
         f"{s['cluster']}/{s['node']}: {s['role']}"
         + (" (resigning)" if s.get("resigning") else "")
+        + (" (maintenance)" if s.get("maintenance") else "")
         + f"  term {s['term']}  priority {prio['effective']} (base {prio['base']})",
     ]
     if s.get("fault_reason"):
@@ -161,6 +162,32 @@ def cmd_handover(args: argparse.Namespace) -> int:
             return 1
         time.sleep(0.02)
     print(f"hapair handover: no confirmation within {bound:.1f}s", file=sys.stderr)
+    return 1
+
+
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    """Maintenance on: hand over and stay BACKUP (even across restarts) until off."""
+    from hapair.runtime.control import request
+
+    on = args.state == "on"
+    reply = request(control_socket(args.config), {"cmd": "maintenance", "on": on})
+    if not reply.get("ok"):
+        print(f"hapair maintenance: refused: {reply.get('error')}", file=sys.stderr)
+        return 1
+    if reply.get("note"):
+        print(f"maintenance on, but: {reply['note']}")
+        return 0
+    if not on:
+        print("maintenance off: this node follows the normal election again")
+        return 0
+    bound = time.monotonic() + (args.timeout or 10.0)
+    while time.monotonic() < bound:
+        s = _status(args.config)
+        if s["role"] != "MASTER":
+            print(f"maintenance on: {s['node']} is {s['role']} and stays so until `off`")
+            return 0
+        time.sleep(0.02)
+    print("maintenance on, but this node is still MASTER (the peer has not taken over)")
     return 1
 
 
@@ -300,6 +327,30 @@ def build_parser(with_lab: bool = True) -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "maintenance",
+        help="hand over and stay BACKUP until turned off (survives restarts)",
+        formatter_class=_RAW,
+        description="on: this node hands the VIP to its peer (make-before-break, as in\n"
+        "handover) and then never becomes MASTER, not even when the peer dies, until\n"
+        "`maintenance off`; the setting is kept in the state file, so a restart or a reboot\n"
+        "(with a persistent state_dir) keeps it. The peer is told (a heartbeat flag) and\n"
+        "does not count on this node. If no healthy peer can take over, the node stays\n"
+        "MASTER and hands over as soon as one can.\n"
+        "off: back to the normal election (with preempt on, a higher-priority node takes\n"
+        "the VIP back at once).",
+        epilog="planned maintenance of lb1:\n  lb1$ hapair maintenance on\n"
+        "  lb1$ apt upgrade && reboot      # lb2 serves meanwhile\n"
+        "  lb1$ hapair maintenance off",
+    )
+    _config_arg(p)
+    p.add_argument("state", choices=["on", "off"])
+    p.add_argument(
+        "--timeout", type=float, default=None, metavar="SECONDS",
+        help="how long to wait for the peer to take over (default: 10)",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_maintenance)
 
     p = sub.add_parser(
         "reload",

@@ -34,6 +34,7 @@ from hapair.core.events import (
     Event,
     FitnessChanged,
     HandoverRequested,
+    MaintenanceChanged,
     PeerHeard,
     ShutdownRequested,
     Tick,
@@ -101,6 +102,7 @@ class PeerState:
     links: dict[str, float] = field(default_factory=dict)
     alive: bool = True
     split_reported: bool = False
+    maintenance: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +123,14 @@ def rank(priority: int, node: str) -> tuple[int, bytes]:
 class Election:
     """One node's view of the election."""
 
-    def __init__(self, settings: ElectionSettings, now: float) -> None:
+    def __init__(
+        self, settings: ElectionSettings, now: float, *, maintenance: bool = False
+    ) -> None:
         self.settings = settings
+        #: Operator's maintenance: hand the VIP over and stay BACKUP until turned off. Kept
+        #: by the driver across restarts; a node in maintenance never becomes MASTER unless
+        #: it is already MASTER with no peer able to take over.
+        self.maintenance = maintenance
         self.role = Role.INIT
         self.term = 0
         self.effective_priority = settings.priority
@@ -186,6 +194,8 @@ class Election:
             self._on_fitness(event, now, out)
         elif isinstance(event, HandoverRequested):
             self._on_handover(now, out)
+        elif isinstance(event, MaintenanceChanged):
+            self._on_maintenance(event, now, out)
         elif isinstance(event, ShutdownRequested):
             self._on_shutdown(now, out)
         elif isinstance(event, Tick):
@@ -229,6 +239,7 @@ class Election:
                 interval=hb.interval,
                 vip_digest=hb.vip_digest,
                 last_heard=now,
+                maintenance=hb.maintenance,
             )
             self.peers[hb.node] = peer
             out.append(PeerFound(hb.node, "first_heartbeat"))
@@ -249,6 +260,7 @@ class Election:
             peer.term = hb.term
             peer.interval = hb.interval
             peer.vip_digest = hb.vip_digest
+            peer.maintenance = hb.maintenance
             peer.last_heard = now
         peer.links[hb.link] = now
         if hb.term > self.term:
@@ -286,6 +298,19 @@ class Election:
             return
         self._resign_until = now + self._dead_time_max()
         out.append(SendHeartbeat("handover", resigning=True))
+
+    def _on_maintenance(self, ev: MaintenanceChanged, now: float, out: list[Action]) -> None:
+        if ev.on == self.maintenance:
+            return
+        self.maintenance = ev.on
+        self._preempt_since = None
+        if not ev.on:
+            self._suppress_preempt = False  # back to the normal rules, preempt included
+        elif self.role is Role.MASTER and not self._contenders(now, include_lower=True):
+            out.append(
+                HandoverRefused("maintenance: no healthy peer can take over yet; still MASTER")
+            )
+        out.append(SendHeartbeat("maintenance_on" if ev.on else "maintenance_off"))
 
     def _on_shutdown(self, now: float, out: list[Action]) -> None:
         self._shutting_down = True
@@ -335,6 +360,7 @@ class Election:
             for p in self.peers.values()
             if p.alive
             and not p.resigning
+            and not p.maintenance
             and p.role is not Role.FAULT
             and (include_lower or rank(p.effective_priority, p.node) > mine)
         ]
@@ -368,10 +394,13 @@ class Election:
         elif self._contenders(now, include_lower=False):
             self._transition(Role.BACKUP, "higher_priority_peer", now, out)
         elif now >= self._init_until:
-            self._become_master("no_master_heard", now, out)
+            if self.maintenance:
+                self._transition(Role.BACKUP, "maintenance", now, out)
+            else:
+                self._become_master("no_master_heard", now, out)
 
     def _evaluate_backup(self, now: float, out: list[Action]) -> None:
-        if self._shutting_down:
+        if self._shutting_down or self.maintenance:
             return
         masters = self._live_masters()
         if masters:
@@ -418,6 +447,11 @@ class Election:
                 self._finish_shutdown(reason, out)
             else:
                 self._suppress_preempt = True
+            return
+        if self.maintenance and not self.resigning and self._contenders(now, include_lower=True):
+            # Maintenance: hand over as a planned handover does (make-before-break).
+            self._resign_until = now + self._dead_time_max()
+            out.append(SendHeartbeat("maintenance", resigning=True))
             return
         if higher and not self.resigning:
             best = max(higher, key=lambda p: rank(p.effective_priority, p.node))

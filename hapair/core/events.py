@@ -20,6 +20,7 @@ class PeerHeard:
     interval: float
     vip_digest: bytes
     link: str = ""
+    maintenance: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,13 @@ class FitnessChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class MaintenanceChanged:
+    """An operator turned maintenance on (hand over, then stay BACKUP) or off."""
+
+    on: bool
+
+
+@dataclass(frozen=True, slots=True)
 class HandoverRequested:
     """An operator asked for a planned switchover to the peer."""
 
@@ -46,4 +54,6 @@ class ShutdownRequested:
     """The daemon is stopping (SIGTERM): resign gracefully, then release."""
 
 
-Event = PeerHeard | Tick | FitnessChanged | HandoverRequested | ShutdownRequested
+Event = (
+    PeerHeard | Tick | FitnessChanged | HandoverRequested | ShutdownRequested | MaintenanceChanged
+)

@@ -241,6 +241,12 @@ class Daemon:
             return {"ok": True}
         if cmd == "reload":
             return self.reload()
+        if cmd == "maintenance":
+            on = request.get("on")
+            if not isinstance(on, bool):
+                return {"ok": False, "error": 'maintenance needs "on": true or false'}
+            note = node.set_maintenance(on)
+            return {"ok": True, "note": note, "role": node.election.role.name}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
 

@@ -36,6 +36,7 @@ from hapair.core.events import (
     Event,
     FitnessChanged,
     HandoverRequested,
+    MaintenanceChanged,
     PeerHeard,
     ShutdownRequested,
     Tick,
@@ -135,7 +136,9 @@ class Node:
         self.state_path = state_path
         self.log = get_logger()
         now = clock.now()
-        self.election = Election(election_settings(cfg), now)
+        self.election = Election(
+            election_settings(cfg), now, maintenance=bool(state.extra.get("maintenance"))
+        )
         self.vips = vips_of(cfg)
         self.holder = VipHolder(
             self.vips, io.vips, io.announcer, announce_timers(cfg), clock, self.log
@@ -191,6 +194,20 @@ class Node:
             self._handle(FitnessChanged(0, True, failed))
         self._perform(self.election.reconfigure(election_settings(cfg), now))
         self._refresh_fitness()
+
+    def set_maintenance(self, on: bool) -> str | None:
+        """Turn maintenance on (hand over, then stay BACKUP) or off; kept across restarts.
+
+        Returns a note when the VIP cannot move yet (no healthy peer): the node stays MASTER
+        and hands over as soon as a peer can take it.
+        """
+        self.state.extra["maintenance"] = on
+        self.save_state_file()  # first: a crash right after still remembers it
+        actions = self.election.handle(MaintenanceChanged(on), self.clock.now())
+        self.log.info("maintenance_changed", on=on, role=self.election.role.name)
+        self._perform(actions)
+        refused = [a for a in actions if isinstance(a, HandoverRefused)]
+        return refused[0].reason if refused else None
 
     def request_handover(self) -> str | None:
         """Run a handover request now; return the refusal reason, or None if it started."""
@@ -304,6 +321,7 @@ class Node:
                     interval=hb.interval_ms / 1000,
                     vip_digest=hb.vip_digest,
                     link=source,
+                    maintenance=hb.maintenance,
                 )
             )
 
@@ -552,6 +570,7 @@ class Node:
             boot_epoch=self.state.boot_epoch,
             interval_ms=max(1, round(self.cfg.cluster.interval * 1000)),
             vip_digest=e.settings.vip_digest,
+            maintenance=e.maintenance,
         )
         self.io.transport.send(encode(hb, self.key))
 

@@ -138,9 +138,9 @@ class PairSim:
         heapq.heapify(self._queue)
 
     def restart(self, name: str) -> None:
-        """Start a crashed node again from INIT."""
+        """Start a crashed node again from INIT (maintenance is kept, as the state file does)."""
         node = self.nodes[name]
-        node.election = Election(node.settings, self.now)
+        node.election = Election(node.settings, self.now, maintenance=node.election.maintenance)
         node.running = True
         node.holds_vips = False
         self.link.healthy_since = self.now
@@ -231,6 +231,7 @@ class PairSim:
             interval=e.settings.interval,
             vip_digest=e.settings.vip_digest,
             link="sim",
+            maintenance=e.maintenance,
         )
         self._seq += 1
         heapq.heappush(self._queue, (self.now + self.link.latency, self._seq, peer.name, hb))

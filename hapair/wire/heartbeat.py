@@ -17,6 +17,9 @@ from hapair.errors import WireError
 MAGIC: Final = b"HAPR"
 VERSION: Final = 1
 FLAG_RESIGNING: Final = 0x01
+#: The sender is in maintenance: it stays BACKUP and must not be counted on to take over.
+FLAG_MAINTENANCE: Final = 0x02
+_KNOWN_FLAGS: Final = FLAG_RESIGNING | FLAG_MAINTENANCE
 CLUSTER_ID_SIZE: Final = 8
 VIP_DIGEST_SIZE: Final = 8
 NODE_NAME_SIZE: Final = 32
@@ -116,6 +119,7 @@ class Heartbeat:
     boot_epoch: int
     interval_ms: int
     vip_digest: bytes
+    maintenance: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.cluster_id, bytes) or len(self.cluster_id) != CLUSTER_ID_SIZE:
@@ -127,6 +131,8 @@ class Heartbeat:
         _check_uint("effective_priority", self.effective_priority, U8_MAX)
         if not isinstance(self.resigning, bool):
             raise ValueError("resigning must be a bool")
+        if not isinstance(self.maintenance, bool):
+            raise ValueError("maintenance must be a bool")
         _check_uint("term", self.term, U64_MAX)
         _check_uint("seq", self.seq, U64_MAX)
         _check_uint("boot_epoch", self.boot_epoch, U64_MAX)
@@ -146,7 +152,7 @@ def encode(hb: Heartbeat, key: bytes) -> bytes:
     body = _BODY.pack(
         MAGIC,
         VERSION,
-        FLAG_RESIGNING if hb.resigning else 0,
+        (FLAG_RESIGNING if hb.resigning else 0) | (FLAG_MAINTENANCE if hb.maintenance else 0),
         hb.role.value,
         hb.base_priority,
         hb.effective_priority,
@@ -209,7 +215,7 @@ def decode(data: bytes, key: bytes, expected_cluster: bytes) -> Heartbeat:
         interval_ms,
         digest,
     ) = _BODY.unpack(body)
-    if flags & ~FLAG_RESIGNING:
+    if flags & ~_KNOWN_FLAGS:
         raise Rejected(RejectReason.MALFORMED, f"unknown flag bits 0x{flags:02x}")
     if reserved != _RESERVED:
         raise Rejected(RejectReason.MALFORMED, "reserved bytes not zero")
@@ -226,6 +232,7 @@ def decode(data: bytes, key: bytes, expected_cluster: bytes) -> Heartbeat:
         base_priority=base_priority,
         effective_priority=effective_priority,
         resigning=bool(flags & FLAG_RESIGNING),
+        maintenance=bool(flags & FLAG_MAINTENANCE),
         term=term,
         seq=seq,
         boot_epoch=boot_epoch,

@@ -26,6 +26,7 @@ from hapair.core.election import (
 from hapair.core.events import (
     FitnessChanged,
     HandoverRequested,
+    MaintenanceChanged,
     PeerHeard,
     ShutdownRequested,
     Tick,
@@ -465,3 +466,70 @@ def test_fault_during_a_graceful_shutdown_stops_at_once() -> None:
     e.handle(ShutdownRequested(), 5.0)
     actions = e.handle(FitnessChanged(0, True, "carrier_lost:eth0"), 5.1)
     assert e.stopped and isinstance(actions[-1], Stopped)
+
+
+# -- maintenance -------------------------------------------------------------------------------
+
+
+def test_maintenance_hands_over_and_stays_backup_even_when_the_peer_dies() -> None:
+    sim = settled_pair()
+    assert sim.masters() == ["a"]
+    sim.inject("a", MaintenanceChanged(True))
+    sim.run_for(0.05)
+    assert sim.masters() == ["b"]  # handed over, make-before-break (invariants checked)
+    a_backup = sim.transitions("a")[-1][1]
+    assert a_backup.to_role is Role.BACKUP and a_backup.reason == "handover"
+    sim.crash("b")
+    sim.run_for(5.0)
+    assert sim.node("a").role is Role.BACKUP and sim.masters() == []  # maintenance holds
+
+
+def test_maintenance_survives_a_restart_and_off_returns_to_the_election() -> None:
+    sim = settled_pair()
+    sim.inject("a", MaintenanceChanged(True))
+    sim.run_for(0.5)
+    sim.crash("a")
+    sim.run_for(0.5)
+    sim.restart("a")
+    sim.run_for(3.0)
+    assert sim.masters() == ["b"] and sim.node("a").role is Role.BACKUP
+    sim.inject("a", MaintenanceChanged(False))
+    sim.run_for(1.0)
+    assert sim.masters() == ["a"]  # preempt is on and a outranks b
+
+
+def test_a_peer_in_maintenance_is_not_a_contender() -> None:
+    e = Election(settings("a", 100), 0.0)
+    # b outranks a but is in maintenance: a does not wait for it and takes the VIP.
+    hb = heard(role=Role.BACKUP, prio=200)
+    e.handle(
+        PeerHeard(hb.node, hb.role, 200, 200, False, 1, INTERVAL, DIGEST, "l", maintenance=True),
+        0.0,
+    )
+    out = e.handle(Tick(), 1.2)
+    assert e.role is Role.MASTER
+    assert any(isinstance(a, AcquireVips) for a in out)
+    # A handover request finds nobody to hand to.
+    refused = e.handle(HandoverRequested(), 1.3)
+    assert any(isinstance(a, HandoverRefused) for a in refused)
+
+
+def test_maintenance_alone_stays_master_until_a_peer_can_take_over() -> None:
+    e = Election(settings("a", 100), 0.0)
+    e.handle(Tick(), 1.2)
+    assert e.role is Role.MASTER
+    out = e.handle(MaintenanceChanged(True), 1.3)
+    assert any(isinstance(a, HandoverRefused) for a in out) and e.role is Role.MASTER
+    # A healthy peer appears: a resigns to it at once.
+    out = e.handle(heard(role=Role.BACKUP, prio=50), 1.4)
+    assert any(isinstance(a, SendHeartbeat) and a.resigning for a in out)
+    out = e.handle(heard(role=Role.MASTER, prio=50, term=e.term + 1), 1.5)
+    assert e.role is Role.BACKUP
+    assert any(isinstance(a, ReleaseVips) for a in out)
+
+
+def test_a_node_starting_in_maintenance_never_claims() -> None:
+    e = Election(settings("a", 100), 0.0, maintenance=True)
+    e.handle(Tick(), 5.0)
+    assert e.role is Role.BACKUP
+    assert e.last_transition is not None and e.last_transition.reason == "maintenance"

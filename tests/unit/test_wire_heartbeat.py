@@ -242,7 +242,7 @@ def test_wrong_key() -> None:
     [
         (6, b"\x04", "role code 4"),
         (6, b"\xff", "role code 255"),
-        (5, b"\x03", "flag bit 1 set"),
+        (5, b"\x04", "flag bit 2 set"),
         (5, b"\x80", "flag bit 7 set"),
         (9, b"\x00\x01\x00", "reserved byte set"),
         (11, b"\x80", "reserved bit set"),
@@ -310,6 +310,7 @@ HEARTBEATS = st.builds(
     boot_epoch=U64,
     interval_ms=st.integers(min_value=1, max_value=2**32 - 1),
     vip_digest=st.binary(min_size=8, max_size=8),
+    maintenance=st.booleans(),
 )
 
 
