@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import grp
 from ipaddress import IPv6Address
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import AfterValidator, Field, PrivateAttr, ValidationInfo, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    PlainValidator,
+    PrivateAttr,
+    ValidationInfo,
+    model_validator,
+)
 
 from hapair.config.balancer import Balancer
 from hapair.config.duration import Duration, format_duration
@@ -28,6 +36,7 @@ from hapair.config.fields import (
     duration_between,
     int_between,
     non_empty,
+    problem,
     unique,
 )
 
@@ -174,12 +183,30 @@ class CommandTrack(_TrackBase):
 Track = Annotated[InterfaceTrack | GatewayTrack | CommandTrack, Field(discriminator="kind")]
 
 
+def _check_group(value: object) -> str:
+    """A group name or number that exists on this host (the socket is chowned to it)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value:
+        raise problem(f"must be a group name or number (got {value!r})")
+    try:
+        if value.isdigit():
+            grp.getgrgid(int(value))
+        else:
+            grp.getgrnam(value)
+    except KeyError:
+        raise problem(f"group {value!r} does not exist on this host (groupadd {value})") from None
+    return value
+
+
 class Runtime(Model):
     """Where this instance keeps its state and control socket."""
 
     state_dir: AbsPath = DEFAULT_STATE_DIR
     control_socket: AbsPath | None = None
     state_file: AbsPath | None = None
+    #: The group that may use the control socket (mode 0660): `hapair status` without root.
+    control_group: Annotated[str, PlainValidator(_check_group)] | None = None
 
 
 class Log(Model):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import json
 import os
 import socket
@@ -20,11 +21,12 @@ Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class ControlServer:
-    """A Unix stream socket (mode 0660) answering requests with ``handler``."""
+    """A Unix stream socket (mode 0660, group ``runtime.control_group``) answering ``handler``."""
 
-    def __init__(self, path: Path, handler: Handler) -> None:
+    def __init__(self, path: Path, handler: Handler, group: str | None = None) -> None:
         self.path = path
         self.handler = handler
+        self.group = group
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -39,6 +41,9 @@ class ControlServer:
             self.path.unlink()
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
         os.chmod(self.path, 0o660)
+        if self.group is not None:
+            gid = int(self.group) if self.group.isdigit() else grp.getgrnam(self.group).gr_gid
+            os.chown(self.path, -1, gid)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

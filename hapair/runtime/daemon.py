@@ -116,7 +116,9 @@ class Daemon:
                 stack.callback(arp[ifname].close)
             # The control socket before anything changes: a second daemon for the same node
             # must stop here, before it could remove the running daemon's VIPs.
-            control = ControlServer(cfg.control_socket_path, self._control)
+            control = ControlServer(
+                cfg.control_socket_path, self._control, cfg.runtime.control_group
+            )
             await control.start()
             stack.push_async_callback(control.close)
             state_path = cfg.state_file_path
