@@ -1,4 +1,5 @@
-"""structlog set-up: stable snake_case event names, console on a TTY, JSON lines otherwise."""
+"""structlog set-up: stable snake_case event names; native journal entries under journald,
+otherwise console on a TTY and JSON lines elsewhere."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ from typing import Any, Literal
 
 import structlog
 
+from hapair.ops.journald import (
+    DEFAULT_SOCKET,
+    JournalRenderer,
+    JournalSink,
+    JournalWriter,
+    stderr_is_journal,
+)
+
 LogFormat = Literal["auto", "console", "json"]
+LogSink = Literal["auto", "stderr", "journald"]
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -26,25 +36,51 @@ def _add_ts(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
-def configure(level: str = "info", fmt: LogFormat = "auto", **context: Any) -> None:
-    """Configure the process-wide logger; ``context`` (cluster, node) goes on every line."""
-    use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
-    renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-        if use_console
-        else structlog.processors.JSONRenderer(sort_keys=False)
-    )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
+def use_journald(sink: LogSink) -> bool:
+    """Whether ``sink`` means journal entries: "journald", or "auto" with stderr on the journal."""
+    return sink == "journald" or (sink == "auto" and stderr_is_journal())
+
+
+def configure(
+    level: str = "info",
+    fmt: LogFormat = "auto",
+    *,
+    sink: LogSink = "auto",
+    journal_socket: str = DEFAULT_SOCKET,
+    **context: Any,
+) -> None:
+    """Configure the process-wide logger; ``context`` (cluster, node) goes on every line.
+
+    ``sink`` "auto" writes native journal entries when ``$JOURNAL_STREAM`` names stderr, and
+    ``fmt`` output to stderr otherwise; "journald" and "stderr" force one or the other.
+    """
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+    ]
+    factory: Any
+    if use_journald(sink):
+        # No ts/timestamp: journald stamps every entry itself (and keeps the sender's time).
+        processors += [structlog.processors.format_exc_info, JournalRenderer()]
+        factory = JournalSink(JournalWriter(journal_socket), fallback=sys.stderr)
+    else:
+        use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+        renderer: Any = (
+            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+            if use_console
+            else structlog.processors.JSONRenderer(sort_keys=False)
+        )
+        processors += [
             _add_ts,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             renderer,
-        ],
+        ]
+        factory = structlog.PrintLoggerFactory(file=sys.stderr)
+    structlog.configure(
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
     structlog.contextvars.clear_contextvars()

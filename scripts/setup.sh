@@ -13,6 +13,8 @@ command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v setpriv >/dev/null || need+=(util-linux)
+# journald and systemd-analyze: the journal sink and the units are tested against the real ones.
+[ -x /lib/systemd/systemd-journald ] && command -v systemd-analyze >/dev/null || need+=(systemd)
 # The balancer benchmark's load generators and reference DNS server.
 if [ "${HAPAIR_WITH_BENCH:-0}" = 1 ]; then
   command -v wrk >/dev/null || need+=(wrk)

@@ -214,6 +214,8 @@ class Log(Model):
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "console", "json"] = "auto"
+    #: "auto": native journal entries when stderr is the journal ($JOURNAL_STREAM), else stderr.
+    sink: Literal["auto", "stderr", "journald"] = "auto"
 
 
 class Config(Model):

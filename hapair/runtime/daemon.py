@@ -256,7 +256,10 @@ def run_daemon(config_path: str, log_format: str | None = None) -> int:
     """``hapair run``: load, check, run. Exit 2 on configuration errors, 1 on runtime errors."""
     cfg = load_config(config_path)
     fmt = log_format or cfg.log.format
-    configure(cfg.log.level, fmt, cluster=cfg.cluster.name, node=cfg.node.name)  # type: ignore[arg-type]
+    configure(
+        cfg.log.level, fmt, sink=cfg.log.sink,  # type: ignore[arg-type]
+        cluster=cfg.cluster.name, node=cfg.node.name,
+    )  # fmt: skip
     check_capabilities()
     key = read_secret(cfg.cluster.secret_file)
     vips = VipManager()
