@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import grp
-from ipaddress import IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -37,6 +37,7 @@ from hapair.config.fields import (
     int_between,
     non_empty,
     problem,
+    toml_repr,
     unique,
 )
 
@@ -218,6 +219,32 @@ class Log(Model):
     sink: Literal["auto", "stderr", "journald"] = "auto"
 
 
+def _parse_listen(value: object) -> tuple[IpAddress, int]:
+    hint = 'use "127.0.0.1:9650", "0.0.0.0:9650" or "[::]:9650"'
+    if not isinstance(value, str) or ":" not in value:
+        raise problem(f"must be ADDRESS:PORT: {hint} (got {toml_repr(value)})")
+    host, _, port = value.strip().rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ip_address(host)
+    except ValueError:
+        raise problem(f"{value!r}: {host!r} is not an IP address ({hint})") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise problem(f"{value!r}: the port must be 1 to 65535 ({hint})")
+    if address.is_multicast:
+        raise problem(f"{value!r} is a multicast address")
+    return address, int(port)
+
+
+ListenAddress = Annotated[tuple[IpAddress, int], PlainValidator(_parse_listen)]
+
+
+class MetricsEndpoint(Model):
+    """``[metrics]``: Prometheus ``/metrics`` and ``/role`` (200 on MASTER, else 503)."""
+
+    listen: ListenAddress = (IPv4Address("127.0.0.1"), 9650)
+
+
 class Config(Model):
     """A whole validated hapair configuration."""
 
@@ -229,6 +256,7 @@ class Config(Model):
     runtime: Runtime = Field(default_factory=Runtime)
     log: Log = Field(default_factory=Log)
     balancer: Balancer | None = None
+    metrics: MetricsEndpoint | None = None
 
     _source: str = PrivateAttr(default="")
 

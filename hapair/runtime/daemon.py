@@ -121,6 +121,20 @@ class Daemon:
             )
             await control.start()
             stack.push_async_callback(control.close)
+            clock = MonotonicClock()
+            metrics = None
+            if cfg.metrics is not None:
+                # Imported only when configured (memory); bound before anything changes.
+                from hapair.ops.metrics import Metrics, MetricsServer
+
+                metrics = Metrics(
+                    cluster=cfg.cluster.name, node=cfg.node.name, clock=clock,
+                    vips=[str(v.address) for v in vips_of(cfg)],
+                )  # fmt: skip
+                host, port = cfg.metrics.listen
+                server = MetricsServer(metrics, str(host), port)
+                server.start()
+                stack.callback(server.close)
             state_path = cfg.state_file_path
             state = load_state(state_path)
             state.boot_epoch = next_boot_epoch(state.boot_epoch)
@@ -133,7 +147,9 @@ class Daemon:
                 from hapair.runtime.balancer import LocalBalancer, build_plane
 
                 plane = build_plane(cfg, self.log)
-                balancer = LocalBalancer(cfg.balancer, MonotonicClock().now(), plane)
+                balancer = LocalBalancer(cfg.balancer, clock.now(), plane)
+                if metrics is not None:
+                    metrics.set_backends(balancer.specs, balancer.board.healthy())
                 stack.callback(balancer.stop)  # at exit, and if start-up fails from here on
                 if cfg.balancer.mode == "hot":
                     try:
@@ -144,8 +160,8 @@ class Daemon:
             node = Node(
                 cfg,
                 self.key,
-                MonotonicClock(),
-                Adapters(transport, vips, announcer, netlink, arp, balancer),
+                clock,
+                Adapters(transport, vips, announcer, netlink, arp, balancer, metrics),
                 state,
                 state_path,
             )
@@ -207,6 +223,7 @@ class Daemon:
             # watches are set up per interface at start.
             ("vip[*].interface", {v.interface for v in old.vip}, {v.interface for v in new.vip}),
             ("balancer", old.balancer is None, new.balancer is None),
+            ("metrics", old.metrics, new.metrics),
         ]
         changed = [name for name, a, b in fixed if a != b]
         if changed:

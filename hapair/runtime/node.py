@@ -74,6 +74,7 @@ from hapair.wire.rejects import RejectCounter
 from hapair.wire.replay import ReplayGuard
 
 if TYPE_CHECKING:  # the balancer is imported only when one is configured (daemon RSS)
+    from hapair.ops.metrics import Metrics
     from hapair.runtime.balancer import LocalBalancer
 
 #: How often the replay marks are written while running (also at every role change and stop).
@@ -114,6 +115,7 @@ class Adapters:
     netlink: NetlinkWatcher
     arp: dict[str, ArpWatcher] = field(default_factory=dict)
     balancer: LocalBalancer | None = None
+    metrics: Metrics | None = None
 
 
 class Node:
@@ -143,6 +145,8 @@ class Node:
         self.holder = VipHolder(
             self.vips, io.vips, io.announcer, announce_timers(cfg), clock, self.log
         )
+        if io.metrics is not None:
+            self.holder.on_sent = io.metrics.garp_sent
         self.cluster_id = cluster_id(cfg.cluster.name)
         self.replay = ReplayGuard()
         self.replay.restore(state.replay_marks)
@@ -194,6 +198,12 @@ class Node:
             self._handle(FitnessChanged(0, True, failed))
         self._perform(self.election.reconfigure(election_settings(cfg), now))
         self._refresh_fitness()
+        if self.io.metrics is not None:
+            self.io.metrics.set_vips(str(v.address) for v in self.vips)
+            if self.io.balancer is not None:
+                self.io.metrics.set_backends(
+                    self.io.balancer.specs, self.io.balancer.board.healthy()
+                )
 
     def set_maintenance(self, on: bool) -> str | None:
         """Turn maintenance on (hand over, then stay BACKUP) or off; kept across restarts.
@@ -278,6 +288,8 @@ class Node:
         if now >= self._next_save:
             self.save_state_file()
             self._next_save = now + STATE_SAVE_INTERVAL
+        if self.io.metrics is not None:
+            self.io.metrics.vips_held(str(v.address) for v in self.holder.held)
 
     def _handle(self, event: Event) -> None:
         self._perform(self.election.handle(event, self.clock.now()))
@@ -301,6 +313,8 @@ class Node:
                     raise Rejected(RejectReason.REPLAY, f"{hb.node} seq {hb.seq} from {source}")
                 self._accepted_on[hb.node] = source
             except Rejected as exc:
+                if self.io.metrics is not None:
+                    self.io.metrics.heartbeat_rejected(exc.reason)
                 if self.rejects.record(exc.reason):
                     self.log.warning(
                         "heartbeat_rejected",
@@ -310,6 +324,8 @@ class Node:
                         note="logged once per reason; then only counted (see hapair status)",
                     )
                 continue
+            if self.io.metrics is not None:
+                self.io.metrics.heartbeat_received(hb.node, self.clock.now())
             self._handle(
                 PeerHeard(
                     node=hb.node,
@@ -389,6 +405,8 @@ class Node:
             return
         for vip, mac in conflicts.items():
             self.log.warning("vip_conflict", vip=vip, mac=mac, action="re-announce")
+            if self.io.metrics is not None:
+                self.io.metrics.vip_conflict()
         self.conflicts.answered(list(conflicts), now)
         self.holder.announce("conflict", second_burst=False)
 
@@ -456,7 +474,10 @@ class Node:
     async def _probe_backend(self, balancer: LocalBalancer, name: str) -> None:
         from hapair.balancer.probes import probe
 
+        started = self.clock.now()
         ok, reason = await probe(balancer.specs[name])
+        if self.io.metrics is not None:
+            self.io.metrics.probe_observed(name, self.clock.now() - started)
         try:
             change = balancer.record(name, ok, reason, self.clock.now())
         except BalancerError as exc:
@@ -465,6 +486,8 @@ class Node:
         finally:
             self._wake.set()
         if change is not None:
+            if self.io.metrics is not None:
+                self.io.metrics.backend_state(name, change.up)
             event = "backend_up" if change.up else "backend_down"
             log = self.log.info if change.up else self.log.warning
             log(event, backend=name, reason=change.reason, pool=balancer.board.healthy())
@@ -530,6 +553,8 @@ class Node:
 
     def _on_role_changed(self, action: RoleChanged) -> None:
         self.last_transition_wall = time.time()
+        if self.io.metrics is not None:
+            self.io.metrics.role_changed(action.from_role, action.to_role, action.reason)
         self.log.info(
             "role_changed",
             from_role=action.from_role.name,
@@ -573,6 +598,8 @@ class Node:
             maintenance=e.maintenance,
         )
         self.io.transport.send(encode(hb, self.key))
+        if self.io.metrics is not None:
+            self.io.metrics.heartbeat_sent()
 
     # -- state and status ----------------------------------------------------------------
 

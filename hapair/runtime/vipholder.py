@@ -6,6 +6,7 @@ the bookkeeping: which VIPs are held, the announcement schedule, one log line pe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from hapair.core.announce import AnnounceSchedule, AnnounceTimers
@@ -35,6 +36,8 @@ class VipHolder:
         self.log = log
         self.held: set[Vip] = set()
         self._logged: set[str] = set()
+        #: Told how many frames each announcement round sent (the metrics' GARP counter).
+        self.on_sent: Callable[[int], None] | None = None
 
     def acquire(self, reason: str) -> str | None:
         """Add every VIP not yet held; on failure stop and return what failed."""
@@ -123,6 +126,8 @@ class VipHolder:
                     frames += self.announcer.announce(vip)
                 except VipError as exc:
                     self.log.error("garp_failed", vip=str(vip.address), error=str(exc))
+            if self.on_sent is not None:
+                self.on_sent(frames)
             if reason not in self._logged:
                 # One line per burst, not per frame.
                 self._logged.add(reason)
