@@ -40,6 +40,7 @@ from hapair.config.fields import (
     toml_repr,
     unique,
 )
+from hapair.config.hooks import Hook
 
 
 class Node(Model):
@@ -257,6 +258,7 @@ class Config(Model):
     log: Log = Field(default_factory=Log)
     balancer: Balancer | None = None
     metrics: MetricsEndpoint | None = None
+    hook: tuple[Hook, ...] = ()
 
     _source: str = PrivateAttr(default="")
 

@@ -56,6 +56,7 @@ from hapair.net.watch import (
     EventsLost,
     NetlinkWatcher,
 )
+from hapair.ops.hooks import BackendEvent, HookContext, HookRunner, RoleEvent
 from hapair.runtime.clock import Clock
 from hapair.runtime.conflicts import ConflictResponder
 from hapair.runtime.state import PersistentState, save_state
@@ -98,6 +99,11 @@ def announce_timers(cfg: Config) -> AnnounceTimers:
     """GARP timing from ``[garp]``."""
     g = cfg.garp
     return AnnounceTimers(g.burst, g.spacing, g.second_burst_delay, g.refresh)
+
+
+def hook_context(cfg: Config) -> HookContext:
+    """What every hook is told about this node (HAPAIR_CLUSTER, HAPAIR_NODE, HAPAIR_VIPS)."""
+    return HookContext(cfg.cluster.name, cfg.node.name, tuple(str(v.address) for v in cfg.vip))
 
 
 def vips_of(cfg: Config) -> tuple[Vip, ...]:
@@ -159,6 +165,7 @@ class Node:
         self._readable: set[str] = set()
         self._pending: list[Event] = []
         self.conflicts = ConflictResponder()
+        self.hooks = HookRunner(cfg.hook, hook_context(cfg), self.log)
         self._macs: dict[str, bytes] = {}
         self._accepted_on: dict[str, str] = {}
         self._next_save = now + STATE_SAVE_INTERVAL
@@ -196,6 +203,7 @@ class Node:
         self.vips = self.holder.vips
         if failed:
             self._handle(FitnessChanged(0, True, failed))
+        self.hooks.reconfigure(cfg.hook, hook_context(cfg))
         self._perform(self.election.reconfigure(election_settings(cfg), now))
         self._refresh_fitness()
         if self.io.metrics is not None:
@@ -257,6 +265,8 @@ class Node:
                 loop.remove_reader(fd)
             for task in self._probe_tasks:
                 task.cancel()
+            # The last role change's hook gets a moment (the VIPs are released already).
+            await self.hooks.close(wait=0.5)
 
     def _next_deadline(self) -> float:
         deadlines = [self.election.next_deadline(), self._next_save]
@@ -491,6 +501,11 @@ class Node:
             event = "backend_up" if change.up else "backend_down"
             log = self.log.info if change.up else self.log.warning
             log(event, backend=name, reason=change.reason, pool=balancer.board.healthy())
+            self.hooks.submit(
+                BackendEvent(
+                    name, change.up, change.reason, self.election.role, peer=self._peer_names()
+                )
+            )
 
     def _balancer_failed(self, exc: BalancerError) -> None:
         """The data plane refused a change: this node cannot serve, so the peer should."""
@@ -537,6 +552,9 @@ class Node:
             elif isinstance(action, Stopped):
                 self.done = True
 
+    def _peer_names(self) -> str:
+        return " ".join(sorted(self.election.peers))
+
     def _start_cold_balancer(self) -> None:
         """Cold mode: start the balancer once the VIP is on this node (an engine binds it)
         and before the VIP is announced (the first client after the GARP is served)."""
@@ -562,6 +580,9 @@ class Node:
             reason=action.reason,
             term=action.term,
             priority=self.election.effective_priority,
+        )
+        self.hooks.submit(
+            RoleEvent(action.to_role, action.from_role, action.reason, peer=self._peer_names())
         )
         if action.to_role is not Role.MASTER:
             self.holder.schedule.stop()
