@@ -237,6 +237,47 @@ def cmd_realserver(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Preflight this node; exit 0 without errors, 1 with any, 2 if the file is invalid."""
+    from hapair.config import load_config
+    from hapair.ops.doctor import Probes, findings_json, format_findings, run_doctor
+
+    cfg = load_config(args.config, check_secret=False)  # the secret is one of the findings
+    findings = run_doctor(cfg, Probes(wait=args.wait))
+    report = findings_json(cfg, findings)
+    print(json.dumps(report, indent=2) if args.json else format_findings(findings))
+    return 0 if report["ok"] else 1
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    """List the hapair nodes that announce themselves on the LAN (mDNS)."""
+    from hapair.ops.discovery import browse
+
+    class _Stderr:
+        def warning(self, event: str, **fields: Any) -> object:
+            detail = " ".join(f"{k}={v}" for k, v in fields.items() if k != "note")
+            print(f"hapair discover: {event}: {detail}", file=sys.stderr)
+            return None
+
+    nodes = browse(args.cluster, args.timeout, log=_Stderr())
+    if args.json:
+        print(json.dumps([n.as_dict() for n in nodes], indent=2))
+        return 0
+    if not nodes:
+        where = f" of cluster {args.cluster!r}" if args.cluster else ""
+        print(f"no hapair node{where} answered within {args.timeout:g}s", file=sys.stderr)
+        return 0
+    rows = [("ADDRESS", "CLUSTER", "NODE", "ROLE", "PRIORITY", "VERSION", "PORT")]
+    for n in nodes:
+        r = n.record
+        address = ",".join(str(a) for a in n.addresses) or "-"
+        rows.append((address, r.cluster, r.node, r.role, str(r.priority), r.version, str(r.port)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
 def build_parser(with_lab: bool = True) -> argparse.ArgumentParser:
     """The argument parser; the daemon (``run``) leaves out the lab to keep its RSS small."""
     parser = argparse.ArgumentParser(
@@ -454,6 +495,62 @@ def build_parser(with_lab: bool = True) -> argparse.ArgumentParser:
         " (default: /run/hapair/realserver-NETNS.json, one per network namespace)",
     )
     p.set_defaults(func=cmd_realserver)
+
+    p = sub.add_parser(
+        "doctor",
+        help="preflight this node before it goes live (run on each node)",
+        formatter_class=_RAW,
+        description=(
+            "Check everything this node needs, without changing anything, and say how to fix\n"
+            "what is wrong: capabilities; each VIP interface exists, is up and has carrier;\n"
+            "the sysctls the balancer needs (ip_forward for nat, ip_nonlocal_bind for hot\n"
+            "nginx) and ARP settings; nft/nginx/HAProxy present, with their versions; the\n"
+            "secret file's permissions and key; the clock; the heartbeat port is free (or\n"
+            "held by this node's own daemon); a route to every peer address.\n\n"
+            "Then it listens on the heartbeat port for the peer's heartbeats (about 1 s;\n"
+            "a raw socket watches copies if this node's daemon holds the port). It sends\n"
+            "nothing, so a running pair is not disturbed. An authenticated heartbeat proves\n"
+            "the peer runs, reaches this node on that link, and has the same key and cluster\n"
+            "name; its VIP set digest is compared with this node's. The reverse direction is\n"
+            "proven by running doctor on the peer too.\n\n"
+            "Each finding is [ok], [warn] or [ERROR]; a problem's fix is printed below it."
+        ),
+        epilog=(
+            "examples:\n"
+            "  hapair doctor -c /etc/hapair/hapair.toml           (on lb1, then on lb2)\n"
+            "  hapair doctor --json | jq '.findings[] | select(.level != \"ok\")'\n"
+            "  hapair doctor && systemctl start hapair\n"
+            "exit status: 0 no errors (warnings allowed), 1 any error, 2 invalid configuration"
+        ),
+    )
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--wait", type=float, default=None, metavar="SECONDS",
+        help="how long to listen for the peer (default: 1 s, or 3 heartbeat intervals)",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser(
+        "discover",
+        help="list the hapair nodes on the LAN (mDNS)",
+        formatter_class=_RAW,
+        description="Browse _hapair._udp.local. over multicast DNS and list every node that\n"
+        "answers: its addresses, cluster, node name, role, priority, version and heartbeat\n"
+        "port. Needs no configuration and no key; what it shows is what the nodes claim\n"
+        "(discovery finds addresses, heartbeats still need the shared key).",
+        epilog="examples:\n  hapair discover\n  hapair discover --cluster web --json",
+    )
+    p.add_argument("--cluster", default=None, metavar="NAME", help="only nodes of this cluster")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=1.5,
+        metavar="SECONDS",
+        help="how long to listen for answers (default: 1.5)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_discover)
 
     if with_lab:
         from hapair.lab.commands import register
