@@ -1,0 +1,1 @@
+"""The operational edges: systemd notify, journald, metrics, hooks, discovery, diagnostics."""

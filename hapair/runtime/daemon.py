@@ -21,6 +21,7 @@ from hapair.net.routes import has_route
 from hapair.net.transport import UdpTransport
 from hapair.net.vip import VipManager
 from hapair.net.watch import ArpWatcher, NetlinkWatcher
+from hapair.ops.systemd import Notifier, status_line_from
 from hapair.runtime.clock import MonotonicClock
 from hapair.runtime.control import ControlServer
 from hapair.runtime.node import Adapters, Node, vips_of
@@ -90,12 +91,15 @@ def remove_stale_vips(cfg: Config, vips: VipManager) -> list[str]:
 class Daemon:
     """Owns the process: signals, reload, control socket, and clean shutdown."""
 
-    def __init__(self, config_path: str, cfg: Config, key: bytes) -> None:
+    def __init__(
+        self, config_path: str, cfg: Config, key: bytes, notifier: Notifier | None = None
+    ) -> None:
         self.config_path = config_path
         self.cfg = cfg
         self.key = key
         self.log = get_logger()
         self.node: Node | None = None
+        self.notifier = notifier or Notifier(None)
 
     async def run(self) -> int:
         """Set up, run the node until it stops, tear down. Returns the exit status."""
@@ -161,7 +165,9 @@ class Daemon:
                 cfg,
                 self.key,
                 clock,
-                Adapters(transport, vips, announcer, netlink, arp, balancer, metrics),
+                Adapters(
+                    transport, vips, announcer, netlink, arp, balancer, metrics, self.notifier
+                ),
                 state,
                 state_path,
             )
@@ -176,6 +182,7 @@ class Daemon:
                     interval=cfg.cluster.interval,
                     dead_time=round(cfg.dead_time, 4),
                 )
+                self.notifier.ready(status_line_from(node.status()))
                 await node.run()
             finally:
                 # Whatever happened, leave no VIP behind.
@@ -196,7 +203,10 @@ class Daemon:
     def _on_term(self) -> None:
         self.log.info("shutdown_requested")
         if self.node is not None:
+            self.notifier.stopping("stopping: " + status_line_from(self.node.status()))
             self.node.shutdown()
+        else:
+            self.notifier.stopping("stopping")
 
     def _on_hup(self) -> None:
         result = self.reload()
@@ -204,10 +214,21 @@ class Daemon:
             self.log.error("config_reload_failed", error=result.get("error"))
 
     def reload(self) -> dict[str, Any]:
-        """Validate the file again and apply what can change live; keep the old on error."""
+        """Validate the file again and apply what can change live; keep the old on error.
+
+        systemd hears RELOADING=1 before and READY=1 after, refused or not (otherwise the
+        unit would stay "reloading").
+        """
         node = self.node
         if node is None:
             return {"ok": False, "error": "not running"}
+        self.notifier.reloading()
+        try:
+            return self._apply_reload(node)
+        finally:
+            self.notifier.ready(status_line_from(node.status()))
+
+    def _apply_reload(self, node: Node) -> dict[str, Any]:
         try:
             new = load_config(self.config_path)
             key = read_secret(new.cluster.secret_file)
@@ -277,6 +298,13 @@ def run_daemon(config_path: str, log_format: str | None = None) -> int:
         cfg.log.level, fmt, sink=cfg.log.sink,  # type: ignore[arg-type]
         cluster=cfg.cluster.name, node=cfg.node.name,
     )  # fmt: skip
+    # Before any child process (nginx -t in preflight): they must not inherit NOTIFY_SOCKET.
+    notifier = Notifier.from_environ(
+        os.environ, unset=True,
+        on_error=lambda detail: get_logger().warning(
+            "sd_notify_failed", error=detail, note="logged once; then counted"
+        ),
+    )  # fmt: skip
     check_capabilities()
     key = read_secret(cfg.cluster.secret_file)
     vips = VipManager()
@@ -292,5 +320,5 @@ def run_daemon(config_path: str, log_format: str | None = None) -> int:
         except BalancerError as exc:
             raise RuntimeSetupError(f"balancer: {exc}") from exc
     os.umask(0o007)
-    daemon = Daemon(config_path, cfg, key)
+    daemon = Daemon(config_path, cfg, key, notifier)
     return asyncio.run(daemon.run())

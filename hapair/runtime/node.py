@@ -57,6 +57,7 @@ from hapair.net.watch import (
     NetlinkWatcher,
 )
 from hapair.ops.hooks import BackendEvent, HookContext, HookRunner, RoleEvent
+from hapair.ops.systemd import Notifier, WatchdogTimer, status_line_from
 from hapair.runtime.clock import Clock
 from hapair.runtime.conflicts import ConflictResponder
 from hapair.runtime.state import PersistentState, save_state
@@ -122,6 +123,7 @@ class Adapters:
     arp: dict[str, ArpWatcher] = field(default_factory=dict)
     balancer: LocalBalancer | None = None
     metrics: Metrics | None = None
+    systemd: Notifier | None = None
 
 
 class Node:
@@ -166,6 +168,10 @@ class Node:
         self._pending: list[Event] = []
         self.conflicts = ConflictResponder()
         self.hooks = HookRunner(cfg.hook, hook_context(cfg), self.log)
+        period = io.systemd.watchdog_period if io.systemd is not None else None
+        #: systemd's watchdog is pinged from the loop itself: a hung loop is restarted.
+        self.watchdog = WatchdogTimer(period, now) if period else None
+        self._status_due = True
         self._macs: dict[str, bytes] = {}
         self._accepted_on: dict[str, str] = {}
         self._next_save = now + STATE_SAVE_INTERVAL
@@ -276,6 +282,8 @@ class Node:
             if nxt is not None:
                 deadlines.append(nxt)
         deadlines += [c.next_due for c in self.checks if c.argv and not c.running]
+        if self.watchdog is not None:
+            deadlines.append(self.watchdog.next_deadline())
         return min(deadlines)
 
     def step(self) -> None:
@@ -300,6 +308,19 @@ class Node:
             self._next_save = now + STATE_SAVE_INTERVAL
         if self.io.metrics is not None:
             self.io.metrics.vips_held(str(v.address) for v in self.holder.held)
+        self._notify_systemd(now)
+
+    def _notify_systemd(self, now: float) -> None:
+        """WATCHDOG=1 when due (proof the loop turns), STATUS= when something changed."""
+        notifier = self.io.systemd
+        if notifier is None:
+            return
+        if self.watchdog is not None and self.watchdog.due_at(now):
+            notifier.watchdog()
+            self._status_due = True  # also catches a peer's role change that caused no action
+        if self._status_due:
+            self._status_due = False
+            notifier.status(status_line_from(self.status()))
 
     def _handle(self, event: Event) -> None:
         self._perform(self.election.handle(event, self.clock.now()))
@@ -496,6 +517,7 @@ class Node:
         finally:
             self._wake.set()
         if change is not None:
+            self._status_due = True
             if self.io.metrics is not None:
                 self.io.metrics.backend_state(name, change.up)
             event = "backend_up" if change.up else "backend_down"
@@ -525,6 +547,8 @@ class Node:
 
     def _perform(self, actions: list[Action]) -> None:
         for action in actions:
+            if not isinstance(action, SendHeartbeat | Announce):
+                self._status_due = True
             if isinstance(action, RoleChanged):
                 self._on_role_changed(action)
             elif isinstance(action, AcquireVips):
