@@ -163,18 +163,48 @@ def listening_inodes(table: str, address: IpAddress, port: int) -> set[str]:
     return found
 
 
-def holds_socket(pid: int, inodes: set[str]) -> bool:
-    """Whether process ``pid`` has one of the socket ``inodes`` open."""
+def holds_socket(pid: int, inodes: set[str]) -> bool | None:
+    """Whether process ``pid`` has one of the socket ``inodes`` open; None if we may not look.
+
+    Reading another user's ``/proc/PID/fd`` needs CAP_SYS_PTRACE, which the systemd unit
+    does not grant: the engines' workers run as ``nobody``.
+    """
     wanted = {f"socket:[{inode}]" for inode in inodes}
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
+    except PermissionError:
+        return None
     except OSError:
-        return False
+        return False  # gone
+    denied = False
     for fd in fds:
-        with contextlib.suppress(OSError):
+        try:
             if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
                 return True
-    return False
+        except PermissionError:  # listing needs DAC rights, reading a link needs ptrace rights
+            denied = True
+        except OSError:
+            continue
+    return None if denied else False
+
+
+def still_accepting(pid: int, inodes: set[str], engine: str) -> bool:
+    """Whether an old worker may still take connections after a reload.
+
+    Where its descriptors cannot be read, nginx's process title tells (an old worker renames
+    itself "worker process is shutting down", world-readable in ``/proc/PID/cmdline``);
+    HAProxy's does not change, so there the new worker's arrival has to do.
+    """
+    held = holds_socket(pid, inodes)
+    if held is not None:
+        return held
+    if engine != "nginx":
+        return False
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"shutting down" not in title
 
 
 def children(pid: int, proc: Path = Path("/proc")) -> set[int]:
@@ -390,7 +420,8 @@ class EngineDataPlane:
             # Old workers close the listening socket when told to finish (nginx QUIT,
             # HAProxy soft stop): until then they may still take a connection to the old pool.
             inodes = self._listening_inodes()
-            if now - before and not any(holds_socket(p, inodes) for p in now & before):
+            old = now & before
+            if now - before and not any(still_accepting(p, inodes, self.spec.name) for p in old):
                 break
             if not self.process.running:
                 raise BalancerError(f"{self.spec.name} died while reloading")
