@@ -251,7 +251,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_discover(args: argparse.Namespace) -> int:
     """List the hapair nodes that announce themselves on the LAN (mDNS)."""
-    from hapair.ops.discovery import browse
+    from hapair.ops.mdns import browse
 
     class _Stderr:
         def warning(self, event: str, **fields: Any) -> object:
