@@ -246,6 +246,12 @@ class MetricsEndpoint(Model):
     listen: ListenAddress = (IPv4Address("127.0.0.1"), 9650)
 
 
+class Discovery(Model):
+    """``[discovery]``: announce this node as ``_hapair._udp.local.`` (mDNS) on its VIP link."""
+
+    announce: StrictBool = True
+
+
 class Config(Model):
     """A whole validated hapair configuration."""
 
@@ -259,6 +265,7 @@ class Config(Model):
     balancer: Balancer | None = None
     metrics: MetricsEndpoint | None = None
     hook: tuple[Hook, ...] = ()
+    discovery: Discovery | None = None
 
     _source: str = PrivateAttr(default="")
 

@@ -146,6 +146,7 @@ class Daemon:
             stale = remove_stale_vips(cfg, vips)
             if stale:
                 self.log.warning("stale_vip_removed", vips=stale, reason="left by an earlier run")
+            mdns = self._start_discovery(cfg, stack)
             balancer = None
             if cfg.balancer is not None:
                 from hapair.runtime.balancer import LocalBalancer, build_plane
@@ -166,7 +167,15 @@ class Daemon:
                 self.key,
                 clock,
                 Adapters(
-                    transport, vips, announcer, netlink, arp, balancer, metrics, self.notifier
+                    transport,
+                    vips,
+                    announcer,
+                    netlink,
+                    arp,
+                    balancer,
+                    metrics,
+                    self.notifier,
+                    mdns,
                 ),
                 state,
                 state_path,
@@ -193,6 +202,42 @@ class Daemon:
                 node.save_state_file()
                 self.log.info("daemon_stopped")
         return 0
+
+    def _start_discovery(self, cfg: Config, stack: contextlib.AsyncExitStack) -> Any:
+        """Announce this node over mDNS on the first VIP's link, if ``[discovery]`` says so.
+
+        zeroconf runs on a thread of its own (it parses every mDNS packet on the LAN, which
+        must never sit in front of the heartbeat timers). Discovery is optional: a failure to
+        start it is logged and the pair runs on.
+        """
+        if cfg.discovery is None or not cfg.discovery.announce:
+            return None
+        import hapair
+        from hapair.core.roles import Role
+        from hapair.ops import discovery, mdns
+
+        ifname = cfg.vip[0].interface
+        vip_set = set(cfg.vip_addresses)
+        try:
+            own = [a for a, _ in mdns.interface_addresses(ifname) if a not in vip_set]
+            usable = [a for a in own if not (a.version == 6 and a.is_link_local)]
+            v4 = [str(a) for a in usable if a.version == 4]
+            if not v4:
+                self.log.warning("discovery_unavailable", reason=f"no IPv4 address on {ifname}")
+                return None
+            zc = mdns.open_zeroconf(v4)
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            self.log.warning("discovery_unavailable", reason=str(exc))
+            return None
+        stack.callback(zc.close)
+        record = discovery.NodeRecord(
+            cfg.cluster.name, cfg.node.name, Role.INIT.name, cfg.node.priority,
+            hapair.__version__, cfg.cluster.port,
+        )  # fmt: skip
+        announcer = mdns.Announcer(zc, record, usable, log=self.log)
+        stack.callback(announcer.stop, 0.3)  # a goodbye before zeroconf closes
+        self.log.info("discovery_announced", service=discovery.SERVICE_TYPE, interface=ifname)
+        return announcer
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -245,6 +290,7 @@ class Daemon:
             ("vip[*].interface", {v.interface for v in old.vip}, {v.interface for v in new.vip}),
             ("balancer", old.balancer is None, new.balancer is None),
             ("metrics", old.metrics, new.metrics),
+            ("discovery", old.discovery, new.discovery),
         ]
         changed = [name for name, a, b in fixed if a != b]
         if changed:

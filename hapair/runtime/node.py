@@ -76,6 +76,7 @@ from hapair.wire.rejects import RejectCounter
 from hapair.wire.replay import ReplayGuard
 
 if TYPE_CHECKING:  # the balancer is imported only when one is configured (daemon RSS)
+    from hapair.ops.mdns import Announcer as MdnsAnnouncer
     from hapair.ops.metrics import Metrics
     from hapair.runtime.balancer import LocalBalancer
 
@@ -124,6 +125,7 @@ class Adapters:
     balancer: LocalBalancer | None = None
     metrics: Metrics | None = None
     systemd: Notifier | None = None
+    mdns: MdnsAnnouncer | None = None
 
 
 class Node:
@@ -479,6 +481,8 @@ class Node:
                 reason=fit.reason,
             )
             self._handle(FitnessChanged(fit.effective_priority, fit.fault, fit.reason))
+            if self.io.mdns is not None:
+                self.io.mdns.update(priority=fit.effective_priority)
 
     def _start_due_probes(self) -> None:
         now = self.clock.now()
@@ -608,6 +612,8 @@ class Node:
         self.hooks.submit(
             RoleEvent(action.to_role, action.from_role, action.reason, peer=self._peer_names())
         )
+        if self.io.mdns is not None:  # never blocks: handed to zeroconf's thread
+            self.io.mdns.update(role=action.to_role.name, priority=self.election.effective_priority)
         if action.to_role is not Role.MASTER:
             self.holder.schedule.stop()
         balancer = self.io.balancer

@@ -1,0 +1,54 @@
+"""[discovery] on the real pair: `hapair discover` on the client lists both daemons with
+their current roles, and a handover shows in the announcements."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+
+import pytest
+
+from hapair.lab.nodes import Timers
+from hapair.lab.topology import LAN4, Lab
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+]
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / step) + 2):
+        if pred() or time.monotonic() >= deadline:
+            break
+        time.sleep(step)
+    return bool(pred())
+
+
+def roles(lab: Lab) -> dict[str, tuple[str, str | None]]:
+    cluster = f"lab-{lab.prefix}"
+    proc = lab.python(
+        "c", ["-m", "hapair", "discover", "--cluster", cluster, "--timeout", "1.5", "--json"]
+    )
+    return {n["node"]: (n["role"], n["address"]) for n in json.loads(proc.stdout)}
+
+
+def test_discover_lists_the_running_pair_with_current_roles() -> None:
+    with Lab(f"hq{os.getpid() % 10000}", timers=Timers(interval=0.05, dead_after=4)) as lab:
+        for node in ("a", "b"):
+            cfg = lab.hapair.config_path(node)
+            cfg.write_text(cfg.read_text() + "\n[discovery]\nannounce = true\n")
+        lab.hapair.start("a")
+        lab.hapair.start("b")
+        assert wait_for(lambda: lab.vip_holders() == ["a"], 10)
+        want = {"a": ("MASTER", LAN4["a"]), "b": ("BACKUP", LAN4["b"])}
+        assert wait_for(lambda: roles(lab) == want, 15), roles(lab)
+        lab.python("a", ["-m", "hapair", "handover", "-c", str(lab.hapair.config_path("a"))])
+        want = {"a": ("BACKUP", LAN4["a"]), "b": ("MASTER", LAN4["b"])}
+        assert wait_for(lambda: roles(lab) == want, 15), roles(lab)
+        # A clean stop says goodbye: the node leaves the list.
+        lab.hapair.terminate("a")
+        assert wait_for(lambda: set(roles(lab)) == {"b"}, 10), roles(lab)
