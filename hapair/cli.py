@@ -113,6 +113,15 @@ def format_status(s: dict[str, Any]) -> str:
             f"  last transition: {t['from']} -> {t['to']} ({t['reason']}) at {when},"
             f" {t['ago']:.1f}s ago"
         )
+    history = s.get("transitions") or []
+    if len(history) > 1:
+        lines.append("  recent transitions (newest last):")
+        for t in history:
+            when = time.strftime("%H:%M:%S", time.localtime(t["at"]))
+            lines.append(
+                f"    {when} ({t['ago']:.1f}s ago) {t['from']} -> {t['to']} ({t['reason']}),"
+                f" term {t['term']}"
+            )
     if s.get("rejected"):
         rej = ", ".join(f"{k}={v}" for k, v in sorted(s["rejected"].items()))
         lines.append(f"  rejected heartbeats: {rej}")

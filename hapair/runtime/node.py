@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -103,6 +104,10 @@ def announce_timers(cfg: Config) -> AnnounceTimers:
     return AnnounceTimers(g.burst, g.spacing, g.second_burst_delay, g.refresh)
 
 
+#: Role changes kept for `hapair status`.
+TRANSITION_HISTORY: Final = 10
+
+
 def hook_context(cfg: Config) -> HookContext:
     """What every hook is told about this node (HAPAIR_CLUSTER, HAPAIR_NODE, HAPAIR_VIPS)."""
     return HookContext(cfg.cluster.name, cfg.node.name, tuple(str(v.address) for v in cfg.vip))
@@ -179,6 +184,8 @@ class Node:
         self._next_save = now + STATE_SAVE_INTERVAL
         self._probe_tasks: set[asyncio.Task[None]] = set()
         self.last_transition_wall: float | None = None
+        #: The last role changes, newest last, for `hapair status` (bounded).
+        self.transitions: deque[dict[str, Any]] = deque(maxlen=TRANSITION_HISTORY)
         self.done = False
 
     # -- entry points from signals and the control socket ---------------------------------
@@ -599,6 +606,14 @@ class Node:
 
     def _on_role_changed(self, action: RoleChanged) -> None:
         self.last_transition_wall = time.time()
+        self.transitions.append(
+            {
+                "from": action.from_role.name, "to": action.to_role.name,
+                "reason": action.reason, "term": action.term,
+                "at": round(self.last_transition_wall, 3),
+                "mono": self.clock.now(),
+            }
+        )  # fmt: skip
         if self.io.metrics is not None:
             self.io.metrics.role_changed(action.from_role, action.to_role, action.reason)
         self.log.info(
@@ -675,6 +690,11 @@ class Node:
         )
         if self.io.balancer is not None:
             status["balancer"] = self.io.balancer.status()
+        now = self.clock.now()
+        status["transitions"] = [
+            {k: v for k, v in t.items() if k != "mono"} | {"ago": round(now - t["mono"], 3)}
+            for t in self.transitions
+        ]
         return status
 
     def shutdown(self) -> None:

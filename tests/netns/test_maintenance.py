@@ -45,6 +45,13 @@ def test_maintenance_hands_over_and_holds_across_restart_and_peer_death() -> Non
         assert lab.vip_holders() == ["b"]
         status = lab.hapair.status("a")
         assert status is not None and status["maintenance"] is True
+        history = status["transitions"]
+        assert isinstance(history, list)
+        assert [(t["to"], t["reason"]) for t in history][-2:] == [
+            ("MASTER", "no_master_heard"),
+            ("BACKUP", "handover"),
+        ]
+        assert history[-1]["ago"] < history[-2]["ago"]
         peer_view = lab.hapair.status("b")
         assert peer_view is not None
         assert peer_view["peers"][0]["maintenance"] is True  # type: ignore[index]

@@ -112,9 +112,18 @@ def test_format_status_shows_the_facts() -> None:
                          "active": True, "plane": {},
                          "backends": {"10.0.1.21:80": {"up": False, "reason": "refused",
                                                        "probes": 7}}},
+            "transitions": [
+                {"from": "INIT", "to": "BACKUP", "reason": "peer_is_master", "term": 2,
+                 "at": 1.7e9, "ago": 40.0},
+                {"from": "BACKUP", "to": "MASTER", "reason": "peer_dead", "term": 3,
+                 "at": 1.7e9 + 28, "ago": 12.0},
+            ],
         }
     )  # fmt: skip
     for needle in ("MASTER", "priority 90 (base 150)", "10.0.0.50/24", "peer lb2: BACKUP",
                    "192.168.77.2", "peer_dead", "bad_mac=2", "balancer: proxy (weighted, hot)",
-                   "backend 10.0.1.21:80: DOWN (refused, 7 probes)"):  # fmt: skip
+                   "backend 10.0.1.21:80: DOWN (refused, 7 probes)",
+                   "recent transitions (newest last):",
+                   "(40.0s ago) INIT -> BACKUP (peer_is_master), term 2",
+                   "(12.0s ago) BACKUP -> MASTER (peer_dead), term 3"):  # fmt: skip
         assert needle in text
