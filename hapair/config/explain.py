@@ -18,8 +18,11 @@ def explain_timers(cfg: Config) -> list[str]:
     """Return human lines saying what the timers in `cfg` mean for detection and takeover."""
     cluster, garp = cfg.cluster, cfg.garp
     interval = fmt(cluster.interval)
-    peers = ", ".join(str(p) for p in cluster.peers)
-    links = f" ({len(cluster.peers)} links)" if len(cluster.peers) > 1 else ""
+    addresses = cluster.peer_addresses
+    peers = (
+        "found by discovery (mDNS)" if cluster.peers_auto else ", ".join(str(p) for p in addresses)
+    )
+    links = f" ({len(addresses)} links)" if len(addresses) > 1 else ""
     skew = cfg.skew_for(cfg.node.priority)
     detection = fmt(cfg.dead_time)
     lines = [
@@ -136,7 +139,7 @@ def config_warnings(cfg: Config) -> list[str]:
     """Return lines for settings that are valid but risky."""
     warnings: list[str] = []
     cluster, garp = cfg.cluster, cfg.garp
-    if len(cluster.peers) == 1:
+    if len(cluster.peer_addresses) == 1:
         warnings.append(
             "cluster.peers: one link: a cut of that link looks like a dead peer;"
             " add a second address in cluster.peers"

@@ -13,7 +13,7 @@ from ipaddress import (
     ip_interface,
 )
 from pathlib import Path
-from typing import Annotated, Final, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Final, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -21,6 +21,8 @@ from pydantic import (
     ConfigDict,
     PlainValidator,
     Strict,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -224,3 +226,26 @@ class Model(BaseModel):
                 {"summary": "; ".join(f"{p}: {m}" for p, m in problems), "problems": problems},
             )
         return self
+
+
+#: ``cluster.peers = "auto"``: the peer is found by discovery (mDNS) instead of configured.
+AUTO_PEERS: Final = "auto"
+
+
+def _auto_or_addresses(value: object, handler: ValidatorFunctionWrapHandler) -> object:
+    if value == AUTO_PEERS:
+        return AUTO_PEERS
+    if isinstance(value, str):
+        raise problem(f'must be "auto" or an array of addresses, e.g. ["10.0.0.2"] (got {value!r})')
+    return handler(value)
+
+
+if TYPE_CHECKING:  # readers see both forms, so each must handle "auto"
+    Peers = tuple[IpAddress, ...] | Literal["auto"]
+else:  # the list is validated as before (errors keep their paths); "auto" is settled first
+    Peers = Annotated[
+        tuple[HostAddress, ...],
+        AfterValidator(non_empty("peer address")),
+        AfterValidator(unique),
+        WrapValidator(_auto_or_addresses),
+    ]

@@ -19,6 +19,7 @@ from pydantic import (
 from hapair.config.balancer import Balancer
 from hapair.config.duration import Duration, format_duration
 from hapair.config.fields import (
+    AUTO_PEERS,
     DEFAULT_SECRET_PATH,
     DEFAULT_STATE_DIR,
     UNIX_PATH_MAX,
@@ -29,6 +30,7 @@ from hapair.config.fields import (
     IpAddress,
     Model,
     Name,
+    Peers,
     Problems,
     StrictBool,
     VipAddress,
@@ -38,7 +40,6 @@ from hapair.config.fields import (
     non_empty,
     problem,
     toml_repr,
-    unique,
 )
 from hapair.config.hooks import Hook
 
@@ -55,11 +56,7 @@ class Cluster(Model):
 
     name: Name
     secret_file: AbsPath = DEFAULT_SECRET_PATH
-    peers: Annotated[
-        tuple[HostAddress, ...],
-        AfterValidator(non_empty("peer address")),
-        AfterValidator(unique),
-    ]
+    peers: Peers
     port: Annotated[int, int_between(1, 65535)] = 694
     interval: Annotated[Duration, duration_between(0.01, 10.0)] = 0.2
     # >= 3 keeps the dead interval above 2 x the heartbeat interval, so one lost packet never
@@ -73,10 +70,20 @@ class Cluster(Model):
         """Seconds of silence, before skew, after which a peer is declared dead."""
         return self.dead_after * self.interval
 
+    @property
+    def peers_auto(self) -> bool:
+        """True when the peer is found by discovery (``peers = "auto"``)."""
+        return self.peers == AUTO_PEERS
+
+    @property
+    def peer_addresses(self) -> tuple[IpAddress, ...]:
+        """The configured peer addresses (none with ``peers = "auto"``)."""
+        return () if isinstance(self.peers, str) else self.peers
+
     def _problems(self) -> Problems:
         return [
             (f"peers[{index}]", f'{peer} is link-local: add the interface, e.g. "{peer}%eth1"')
-            for index, peer in enumerate(self.peers)
+            for index, peer in enumerate(self.peer_addresses)
             if isinstance(peer, IPv6Address) and peer.is_link_local and not peer.scope_id
         ]
 
@@ -330,7 +337,7 @@ class Config(Model):
                     (f"vip[{index}].address", f"{vip.ip} duplicates vip[{first_seen[vip.ip]}]")
                 )
             first_seen.setdefault(vip.ip, index)
-        for index, peer in enumerate(self.cluster.peers):
+        for index, peer in enumerate(self.cluster.peer_addresses):
             if peer in first_seen:
                 problems.append(
                     (
@@ -351,6 +358,13 @@ class Config(Model):
             )
         if socket == self.state_file_path:
             problems.append(("runtime.state_file", "must differ from the control socket path"))
+        if self.cluster.peers_auto and (self.discovery is None or not self.discovery.announce):
+            problems.append(
+                (
+                    "cluster.peers",
+                    '"auto" finds the peer by discovery: add [discovery] announce = true',
+                )
+            )
         if self.balancer is not None and self.balancer.listen[0] not in first_seen:
             problems.append(
                 ("balancer.listen", f"{self.balancer.listen[0]} is not one of the VIPs")

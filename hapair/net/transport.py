@@ -61,6 +61,11 @@ class UdpTransport:
             raise RuntimeSetupError(f"cluster.port: cannot bind UDP {self.port}: {exc}") from exc
         return sock
 
+    def open_family(self, family: int) -> None:
+        """Bind the port for ``family`` now, before any peer of it is known (discovery)."""
+        if family not in self._socks:
+            self._socks[family] = self._open(family)
+
     def filenos(self) -> list[int]:
         """File descriptors to watch for readability."""
         return [s.fileno() for s in self._socks.values()]

@@ -341,7 +341,8 @@ def check_port(cfg: Config, daemon_live: bool) -> tuple[list[Finding], bool]:
     port = cfg.cluster.port
     if daemon_live:
         return [ok("port", f"UDP {port} is in use by hapair itself (daemon running)")], False
-    for family in sorted({peer_family(p) for p in cfg.cluster.peers}):
+    families = {peer_family(p) for p in cfg.cluster.peer_addresses} or {socket.AF_INET}
+    for family in sorted(families):
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -367,10 +368,13 @@ def peer_family(peer: IpAddress) -> int:
 
 def check_routes(cfg: Config, has_route: Callable[[IpAddress], bool]) -> list[Finding]:
     """Every peer address is routable (the daemon refuses to start when none is)."""
-    bad = [p for p in cfg.cluster.peers if not has_route(p)]
+    peers = cfg.cluster.peer_addresses
+    if cfg.cluster.peers_auto:
+        return [ok("route", 'cluster.peers = "auto": the peer is found by discovery')]
+    bad = [p for p in peers if not has_route(p)]
     if not bad:
-        return [ok("route", f"a route to every peer address ({len(cfg.cluster.peers)})")]
-    level: Level = "error" if len(bad) == len(cfg.cluster.peers) else "warning"
+        return [ok("route", f"a route to every peer address ({len(peers)})")]
+    level: Level = "error" if len(bad) == len(peers) else "warning"
     return [
         Finding(
             "route",

@@ -136,16 +136,17 @@ def capture_heartbeats(cfg: Config, *, port_free: bool, raw_ok: bool, wait: floa
     receiver: _Receiver
     try:
         if port_free:
-            receiver, method = UdpTransport(port, cfg.cluster.peers), f"listened on UDP {port}"
+            peers = cfg.cluster.peer_addresses
+            receiver, method = UdpTransport(port, peers), f"listened on UDP {port}"
         elif raw_ok:
-            receiver = RawWatch(port, sorted({peer_family(p) for p in cfg.cluster.peers}))
+            receiver = RawWatch(port, sorted({peer_family(p) for p in cfg.cluster.peer_addresses}))
             method = f"watched UDP {port} with a raw socket (the port is taken)"
         else:
             why = f"UDP {port} is taken, and without CAP_NET_RAW it cannot be watched"
             return Capture(unavailable=why)
     except (HapairError, OSError) as exc:
         return Capture(unavailable=f"cannot listen on UDP {port}: {exc}")
-    wanted = {_addr(str(p)) for p in cfg.cluster.peers}
+    wanted = {_addr(str(p)) for p in cfg.cluster.peer_addresses}
     heard: list[tuple[bytes, str]] = []
     start = time.monotonic()
     try:
@@ -218,7 +219,7 @@ def assess_peers(cfg: Config, key: bytes | None, capture: Capture, wall: float) 
                 other.add(src)
             continue
         good[src] = hb  # the newest one wins
-    configured = [_addr(str(p)) for p in cfg.cluster.peers]
+    configured = [_addr(str(p)) for p in cfg.cluster.peer_addresses]
     out = [_assess_address(cfg, src, key, good, bad, other, capture) for src in configured]
     for src in sorted(set(good) - set(configured)):
         message = (

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
+from ipaddress import ip_interface
 from typing import Any, Final
 
 from hapair.config import Config, load_config, read_secret
@@ -24,7 +26,7 @@ from hapair.net.watch import ArpWatcher, NetlinkWatcher
 from hapair.ops.systemd import Notifier, status_line_from
 from hapair.runtime.clock import MonotonicClock
 from hapair.runtime.control import ControlServer
-from hapair.runtime.node import Adapters, Node, vips_of
+from hapair.runtime.node import Adapters, Node, PeerFeed, vips_of
 from hapair.runtime.state import load_state, next_boot_epoch, save_state
 
 CAP_NET_ADMIN: Final = 12
@@ -68,12 +70,13 @@ def check_host(cfg: Config, vips: VipManager) -> None:
             problems.append((f"vip[{i}].interface", f"no such interface {vip.interface!r} here"))
     if problems:
         raise ConfigError(cfg.source, problems)
+    peers = cfg.cluster.peer_addresses  # none with "auto": discovery finds the peer later
     unroutable = [
         f"cluster.peers[{i}]: no route to {peer} from this host"
-        for i, peer in enumerate(cfg.cluster.peers)
+        for i, peer in enumerate(peers)
         if not has_route(peer)
     ]
-    if len(unroutable) == len(cfg.cluster.peers):
+    if peers and len(unroutable) == len(peers):
         raise RuntimeSetupError("; ".join(unroutable))
     for line in unroutable:
         get_logger().warning("peer_unroutable", detail=line)
@@ -108,7 +111,9 @@ class Daemon:
             # Netlink retries must give up well inside the failover budget.
             vips = VipManager(retry_budget=min(0.15, cfg.cluster.dead_interval / 4))
             stack.callback(vips.close)
-            transport = UdpTransport(cfg.cluster.port, cfg.cluster.peers)
+            transport = UdpTransport(cfg.cluster.port, cfg.cluster.peer_addresses)
+            if cfg.cluster.peers_auto:
+                transport.open_family(socket.AF_INET)  # discovery runs over IPv4
             stack.callback(transport.close)
             netlink = NetlinkWatcher()
             stack.callback(netlink.close)
@@ -146,7 +151,7 @@ class Daemon:
             stale = remove_stale_vips(cfg, vips)
             if stale:
                 self.log.warning("stale_vip_removed", vips=stale, reason="left by an earlier run")
-            mdns = self._start_discovery(cfg, stack)
+            mdns, feed = self._start_discovery(cfg, stack)
             balancer = None
             if cfg.balancer is not None:
                 from hapair.runtime.balancer import LocalBalancer, build_plane
@@ -176,6 +181,7 @@ class Daemon:
                     metrics,
                     self.notifier,
                     mdns,
+                    feed,
                 ),
                 state,
                 state_path,
@@ -186,7 +192,9 @@ class Daemon:
                 self.log.info(
                     "daemon_started",
                     priority=cfg.node.priority,
-                    peers=[str(p) for p in cfg.cluster.peers],
+                    peers="auto"
+                    if cfg.cluster.peers_auto
+                    else [str(p) for p in cfg.cluster.peer_addresses],
                     vips=[str(v) for v in vips_of(cfg)],
                     interval=cfg.cluster.interval,
                     dead_time=round(cfg.dead_time, 4),
@@ -203,15 +211,20 @@ class Daemon:
                 self.log.info("daemon_stopped")
         return 0
 
-    def _start_discovery(self, cfg: Config, stack: contextlib.AsyncExitStack) -> Any:
-        """Announce this node over mDNS on the first VIP's link, if ``[discovery]`` says so.
+    def _start_discovery(
+        self, cfg: Config, stack: contextlib.AsyncExitStack
+    ) -> tuple[Any, PeerFeed | None]:
+        """Announce this node over mDNS on the first VIP's link, if ``[discovery]`` says so,
+        and with ``cluster.peers = "auto"`` watch for the peer.
 
         zeroconf runs on a thread of its own (it parses every mDNS packet on the LAN, which
-        must never sit in front of the heartbeat timers). Discovery is optional: a failure to
-        start it is logged and the pair runs on.
+        must never sit in front of the heartbeat timers). With static peers discovery is
+        optional: a failure to start it is logged and the pair runs on; with "auto" the node
+        cannot find its peer without it, so start-up fails.
         """
         if cfg.discovery is None or not cfg.discovery.announce:
-            return None
+            return None, None
+        auto = cfg.cluster.peers_auto
         import hapair
         from hapair.core.roles import Role
         from hapair.ops import discovery, mdns
@@ -219,16 +232,20 @@ class Daemon:
         ifname = cfg.vip[0].interface
         vip_set = set(cfg.vip_addresses)
         try:
-            own = [a for a, _ in mdns.interface_addresses(ifname) if a not in vip_set]
+            prefixed = mdns.interface_addresses(ifname)
+            own = [a for a, _ in prefixed if a not in vip_set]
             usable = [a for a in own if not (a.version == 6 and a.is_link_local)]
             v4 = [str(a) for a in usable if a.version == 4]
             if not v4:
-                self.log.warning("discovery_unavailable", reason=f"no IPv4 address on {ifname}")
-                return None
+                raise OSError(f"no IPv4 address on {ifname}")
             zc = mdns.open_zeroconf(v4)
         except (OSError, RuntimeError, TimeoutError) as exc:
+            if auto:
+                raise RuntimeSetupError(
+                    f'cluster.peers = "auto" needs discovery, which cannot start: {exc}'
+                ) from exc
             self.log.warning("discovery_unavailable", reason=str(exc))
-            return None
+            return None, None
         stack.callback(zc.close)
         record = discovery.NodeRecord(
             cfg.cluster.name, cfg.node.name, Role.INIT.name, cfg.node.priority,
@@ -237,7 +254,27 @@ class Daemon:
         announcer = mdns.Announcer(zc, record, usable, log=self.log)
         stack.callback(announcer.stop, 0.3)  # a goodbye before zeroconf closes
         self.log.info("discovery_announced", service=discovery.SERVICE_TYPE, interface=ifname)
-        return announcer
+        if not auto:
+            return announcer, None
+        loop = asyncio.get_running_loop()
+
+        def wake() -> None:  # on zeroconf's thread
+            loop.call_soon_threadsafe(self._discovery_arrived)
+
+        watch = mdns.PeerWatch(zc, wake)
+        stack.callback(watch.close)
+        finder = discovery.PeerFinder(
+            me=cfg.node.name,
+            own_addresses=[*own, *cfg.vip_addresses],
+            networks=[ip_interface(f"{a}/{n}").network for a, n in prefixed if a not in vip_set],
+            port=cfg.cluster.port,
+            log=self.log,
+        )
+        return announcer, PeerFeed(watch, finder)
+
+    def _discovery_arrived(self) -> None:
+        if self.node is not None:
+            self.node.discovery_arrived()
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()

@@ -77,7 +77,9 @@ from hapair.wire.rejects import RejectCounter
 from hapair.wire.replay import ReplayGuard
 
 if TYPE_CHECKING:  # the balancer is imported only when one is configured (daemon RSS)
+    from hapair.ops.discovery import PeerFinder
     from hapair.ops.mdns import Announcer as MdnsAnnouncer
+    from hapair.ops.mdns import PeerWatch
     from hapair.ops.metrics import Metrics
     from hapair.runtime.balancer import LocalBalancer
 
@@ -119,6 +121,15 @@ def vips_of(cfg: Config) -> tuple[Vip, ...]:
 
 
 @dataclass
+class PeerFeed:
+    """``cluster.peers = "auto"``: what discovery saw (zeroconf's thread fills ``watch``) and
+    the pure choice of the peer among it."""
+
+    watch: PeerWatch
+    finder: PeerFinder
+
+
+@dataclass
 class Adapters:
     """The I/O edges the driver uses; the daemon opens them, tests may substitute fakes."""
 
@@ -131,6 +142,7 @@ class Adapters:
     metrics: Metrics | None = None
     systemd: Notifier | None = None
     mdns: MdnsAnnouncer | None = None
+    discovery: PeerFeed | None = None
 
 
 class Node:
@@ -199,6 +211,10 @@ class Node:
         """Reader callback: something is readable."""
         self._wake.set()
 
+    def discovery_arrived(self) -> None:
+        """Discovery has news (called on the loop, from zeroconf's thread via the daemon)."""
+        self._ready("discovery")
+
     def _ready(self, source: str) -> None:
         """Reader callback for netlink and ARP: remember which, then wake the loop."""
         self._readable.add(source)
@@ -209,7 +225,8 @@ class Node:
         now = self.clock.now()
         old = self.cfg
         self.cfg = cfg
-        self.io.transport.set_peers(cfg.cluster.peers)
+        if not cfg.cluster.peers_auto:  # with "auto", discovery keeps the peer up to date
+            self.io.transport.set_peers(cfg.cluster.peer_addresses)
         self.holder.schedule.timers = announce_timers(cfg)
         if cfg.track != old.track:
             self.checks = build_checks(cfg.track, now)
@@ -303,6 +320,8 @@ class Node:
             self._read_netlink()
         if "arp" in readable:
             self._read_arp()
+        if "discovery" in readable:
+            self._read_discovery()
         pending, self._pending = self._pending, []
         for event in pending:
             self._handle(event)
@@ -380,6 +399,30 @@ class Node:
                     maintenance=hb.maintenance,
                 )
             )
+
+    def _read_discovery(self) -> None:
+        """Feed discovery's news to the finder; point the transport at the chosen peer.
+
+        Sticky: a peer that vanished keeps its addresses until another is chosen (its
+        heartbeats, not its announcements, decide whether it is alive).
+        """
+        feed = self.io.discovery
+        if feed is None:
+            return
+        now = self.clock.now()
+        for name, sighting in feed.watch.drain():
+            if sighting is None:
+                feed.finder.forget_at(name, now)
+            else:
+                feed.finder.observe_at(sighting, now)
+        peer = feed.finder.peer_of_at(self.cfg.cluster.name, now)
+        if peer is None or peer.addresses == self.io.transport.peers:
+            return
+        self.io.transport.set_peers(peer.addresses)
+        self.log.info(
+            "peer_discovered", peer=peer.record.node,
+            addresses=[str(a) for a in peer.addresses], reason="mdns",
+        )  # fmt: skip
 
     def _read_netlink(self) -> None:
         for ev in self.io.netlink.read_events():

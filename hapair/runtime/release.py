@@ -81,9 +81,15 @@ def release(config_path: str, force: bool = False) -> ReleaseReport:
 
 def _hand_to_peer(cfg: Config, report: ReleaseReport) -> None:
     """Announce FAULT to the peer and wait (bounded) until it is heard as MASTER."""
+    if cfg.cluster.peers_auto:
+        report.notes.append(
+            'cluster.peers = "auto": no address to tell the peer; it takes over after its'
+            " dead timer"
+        )
+        return
     try:
         key = read_secret(cfg.cluster.secret_file)
-        transport = UdpTransport(cfg.cluster.port, cfg.cluster.peers)
+        transport = UdpTransport(cfg.cluster.port, cfg.cluster.peer_addresses)
     except (ConfigError, HapairError) as exc:
         report.notes.append(
             f"could not tell the peer to take over ({exc}); it will after its dead timer"

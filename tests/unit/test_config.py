@@ -255,7 +255,10 @@ def test_missing_sections_are_named(tmp_path: Path) -> None:
 def test_wrong_types_are_reported_plainly(tmp_path: Path) -> None:
     text = MINIMAL.replace('peers = ["192.0.2.2"]', 'peers = "192.0.2.2"\npreempt = "yes"')
     assert problems_of(tmp_path, text) == [
-        ("cluster.peers", "must be an array (got '192.0.2.2')"),
+        (
+            "cluster.peers",
+            'must be "auto" or an array of addresses, e.g. ["10.0.0.2"] (got \'192.0.2.2\')',
+        ),
         ("cluster.preempt", "must be a valid boolean (got 'yes')"),
     ]
 

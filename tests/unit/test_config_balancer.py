@@ -170,3 +170,21 @@ def test_check_config_explains_the_balancer() -> None:
     ) in lines
     assert "probes (backend[1]): none; always in the pool" in lines
     assert lines[-1].startswith("balancer needs: net.ipv4.ip_nonlocal_bind=1")
+
+
+def test_peers_auto_needs_discovery_and_has_no_addresses() -> None:
+    base = {
+        "node": {"name": "a", "priority": 150},
+        "cluster": {"name": "c", "peers": "auto"},
+        "vip": [{"address": "10.0.0.50/24", "interface": "eth0"}],
+    }
+    with pytest.raises(ConfigError) as info:
+        validate_config(base, check_secret=False)
+    assert info.value.problems == [
+        ("cluster.peers", '"auto" finds the peer by discovery: add [discovery] announce = true')
+    ]
+    cfg = validate_config({**base, "discovery": {"announce": True}}, check_secret=False)
+    assert cfg.cluster.peers_auto and cfg.cluster.peer_addresses == ()
+    from hapair.config.explain import explain_timers
+
+    assert "found by discovery (mDNS)" in explain_timers(cfg)[0]
