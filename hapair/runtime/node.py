@@ -183,7 +183,8 @@ class Node:
         self.carrier: dict[str, bool] = {}
         self.started_wall = time.time()
         self._wake = asyncio.Event()
-        self._readable: set[str] = set()
+        # Discovery may have news from before this node existed: look at the first step.
+        self._readable: set[str] = {"discovery"} if io.discovery is not None else set()
         self._pending: list[Event] = []
         self.conflicts = ConflictResponder()
         self.hooks = HookRunner(cfg.hook, hook_context(cfg), self.log)
