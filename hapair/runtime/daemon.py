@@ -26,8 +26,9 @@ from hapair.net.watch import ArpWatcher, NetlinkWatcher
 from hapair.ops.systemd import Notifier, status_line_from
 from hapair.runtime.clock import MonotonicClock
 from hapair.runtime.control import ControlServer
-from hapair.runtime.node import Adapters, Node, PeerFeed, vips_of
+from hapair.runtime.node import Node
 from hapair.runtime.state import load_state, next_boot_epoch, save_state
+from hapair.runtime.wiring import Adapters, PeerFeed, vips_of
 
 CAP_NET_ADMIN: Final = 12
 CAP_NET_RAW: Final = 13

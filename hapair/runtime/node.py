@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
+from hapair.balancer.health import HealthChange
 from hapair.config.model import Config, InterfaceTrack
 from hapair.core.actions import (
     AcquireVips,
@@ -31,8 +31,7 @@ from hapair.core.actions import (
     Stopped,
     VipSetMismatch,
 )
-from hapair.core.announce import AnnounceTimers
-from hapair.core.election import Election, ElectionSettings
+from hapair.core.election import Election
 from hapair.core.events import (
     Event,
     FitnessChanged,
@@ -46,24 +45,27 @@ from hapair.core.priority import compute_fitness
 from hapair.core.roles import Role
 from hapair.errors import BalancerError
 from hapair.log import get_logger
-from hapair.net.garp import Announcer
 from hapair.net.tracking import Check, build_checks, run_probe
-from hapair.net.transport import UdpTransport
-from hapair.net.vip import Vip, VipManager
 from hapair.net.watch import (
     AddressRemoved,
-    ArpWatcher,
     CarrierChanged,
     EventsLost,
-    NetlinkWatcher,
 )
-from hapair.ops.hooks import BackendEvent, HookContext, HookRunner, RoleEvent
-from hapair.ops.systemd import Notifier, WatchdogTimer, status_line_from
+from hapair.ops.hooks import BackendEvent, HookRunner, RoleEvent
+from hapair.ops.systemd import WatchdogTimer, status_line_from
+from hapair.runtime.balancing import BalancerDriver
 from hapair.runtime.clock import Clock
 from hapair.runtime.conflicts import ConflictResponder
 from hapair.runtime.state import PersistentState, save_state
 from hapair.runtime.status import build_status
 from hapair.runtime.vipholder import VipHolder
+from hapair.runtime.wiring import (
+    Adapters,
+    announce_timers,
+    election_settings,
+    hook_context,
+    vips_of,
+)
 from hapair.wire.heartbeat import (
     Heartbeat,
     Rejected,
@@ -71,78 +73,14 @@ from hapair.wire.heartbeat import (
     cluster_id,
     decode,
     encode,
-    vip_digest,
 )
 from hapair.wire.rejects import RejectCounter
 from hapair.wire.replay import ReplayGuard
 
-if TYPE_CHECKING:  # the balancer is imported only when one is configured (daemon RSS)
-    from hapair.ops.discovery import PeerFinder
-    from hapair.ops.mdns import Announcer as MdnsAnnouncer
-    from hapair.ops.mdns import PeerWatch
-    from hapair.ops.metrics import Metrics
-    from hapair.runtime.balancer import LocalBalancer
-
 #: How often the replay marks are written while running (also at every role change and stop).
 STATE_SAVE_INTERVAL: Final = 10.0
-
-
-def election_settings(cfg: Config) -> ElectionSettings:
-    """The part of the configuration the election needs."""
-    return ElectionSettings(
-        node=cfg.node.name,
-        priority=cfg.node.priority,
-        interval=cfg.cluster.interval,
-        dead_after=cfg.cluster.dead_after,
-        preempt=cfg.cluster.preempt,
-        preempt_delay=cfg.cluster.preempt_delay,
-        vip_digest=vip_digest(str(v.address) for v in cfg.vip),
-    )
-
-
-def announce_timers(cfg: Config) -> AnnounceTimers:
-    """GARP timing from ``[garp]``."""
-    g = cfg.garp
-    return AnnounceTimers(g.burst, g.spacing, g.second_burst_delay, g.refresh)
-
-
 #: Role changes kept for `hapair status`.
 TRANSITION_HISTORY: Final = 10
-
-
-def hook_context(cfg: Config) -> HookContext:
-    """What every hook is told about this node (HAPAIR_CLUSTER, HAPAIR_NODE, HAPAIR_VIPS)."""
-    return HookContext(cfg.cluster.name, cfg.node.name, tuple(str(v.address) for v in cfg.vip))
-
-
-def vips_of(cfg: Config) -> tuple[Vip, ...]:
-    """The configured VIPs as the network layer's type."""
-    return tuple(Vip(v.address, v.interface) for v in cfg.vip)
-
-
-@dataclass
-class PeerFeed:
-    """``cluster.peers = "auto"``: what discovery saw (zeroconf's thread fills ``watch``) and
-    the pure choice of the peer among it."""
-
-    watch: PeerWatch
-    finder: PeerFinder
-
-
-@dataclass
-class Adapters:
-    """The I/O edges the driver uses; the daemon opens them, tests may substitute fakes."""
-
-    transport: UdpTransport
-    vips: VipManager
-    announcer: Announcer
-    netlink: NetlinkWatcher
-    arp: dict[str, ArpWatcher] = field(default_factory=dict)
-    balancer: LocalBalancer | None = None
-    metrics: Metrics | None = None
-    systemd: Notifier | None = None
-    mdns: MdnsAnnouncer | None = None
-    discovery: PeerFeed | None = None
 
 
 class Node:
@@ -188,6 +126,21 @@ class Node:
         self._pending: list[Event] = []
         self.conflicts = ConflictResponder()
         self.hooks = HookRunner(cfg.hook, hook_context(cfg), self.log)
+        self._probe_tasks: set[asyncio.Future[None]] = set()
+        self.balancing = (
+            BalancerDriver(
+                io.balancer,
+                clock,
+                self.log,
+                on_change=self._backend_changed,
+                on_failure=self._balancer_failed,
+                wake=self._wake.set,
+                tasks=self._probe_tasks,
+                metrics=io.metrics,
+            )
+            if io.balancer is not None
+            else None
+        )
         period = io.systemd.watchdog_period if io.systemd is not None else None
         #: systemd's watchdog is pinged from the loop itself: a hung loop is restarted.
         self.watchdog = WatchdogTimer(period, now) if period else None
@@ -195,7 +148,6 @@ class Node:
         self._macs: dict[str, bytes] = {}
         self._accepted_on: dict[str, str] = {}
         self._next_save = now + STATE_SAVE_INTERVAL
-        self._probe_tasks: set[asyncio.Task[None]] = set()
         self.last_transition_wall: float | None = None
         #: The last role changes, newest last, for `hapair status` (bounded).
         self.transitions: deque[dict[str, Any]] = deque(maxlen=TRANSITION_HISTORY)
@@ -303,7 +255,7 @@ class Node:
 
     def _next_deadline(self) -> float:
         deadlines = [self.election.next_deadline(), self._next_save]
-        board = self.io.balancer.next_deadline() if self.io.balancer else None
+        board = self.balancing.next_deadline() if self.balancing is not None else None
         announce = self.holder.schedule.next_deadline()
         for nxt in (announce, self.conflicts.next_deadline(), board):
             if nxt is not None:
@@ -410,13 +362,7 @@ class Node:
         feed = self.io.discovery
         if feed is None:
             return
-        now = self.clock.now()
-        for name, sighting in feed.watch.drain():
-            if sighting is None:
-                feed.finder.forget_at(name, now)
-            else:
-                feed.finder.observe_at(sighting, now)
-        peer = feed.finder.peer_of_at(self.cfg.cluster.name, now)
+        peer = feed.poll(self.cfg.cluster.name, self.clock.now())
         if peer is None or peer.addresses == self.io.transport.peers:
             return
         self.io.transport.set_peers(peer.addresses)
@@ -545,44 +491,17 @@ class Node:
                 task.add_done_callback(self._probe_tasks.discard)
 
     def _start_backend_probes(self) -> None:
-        balancer = self.io.balancer
-        if balancer is None:
-            return
-        try:
-            balancer.tick(self.clock.now())
-        except BalancerError as exc:
-            self._balancer_failed(exc)
-        for name in balancer.board.due(self.clock.now()):
-            task = asyncio.ensure_future(self._probe_backend(balancer, name))
-            self._probe_tasks.add(task)
-            task.add_done_callback(self._probe_tasks.discard)
+        if self.balancing is not None:
+            self.balancing.tick()
 
-    async def _probe_backend(self, balancer: LocalBalancer, name: str) -> None:
-        from hapair.balancer.probes import probe
-
-        started = self.clock.now()
-        ok, reason = await probe(balancer.specs[name])
-        if self.io.metrics is not None:
-            self.io.metrics.probe_observed(name, self.clock.now() - started)
-        try:
-            change = balancer.record(name, ok, reason, self.clock.now())
-        except BalancerError as exc:
-            self._balancer_failed(exc)
-            return
-        finally:
-            self._wake.set()
-        if change is not None:
-            self._status_due = True
-            if self.io.metrics is not None:
-                self.io.metrics.backend_state(name, change.up)
-            event = "backend_up" if change.up else "backend_down"
-            log = self.log.info if change.up else self.log.warning
-            log(event, backend=name, reason=change.reason, pool=balancer.board.healthy())
-            self.hooks.submit(
-                BackendEvent(
-                    name, change.up, change.reason, self.election.role, peer=self._peer_names()
-                )
+    def _backend_changed(self, name: str, change: HealthChange) -> None:
+        """A backend entered or left the pool (already logged and pushed to the data plane)."""
+        self._status_due = True
+        self.hooks.submit(
+            BackendEvent(
+                name, change.up, change.reason, self.election.role, peer=self._peer_names()
             )
+        )
 
     def _balancer_failed(self, exc: BalancerError) -> None:
         """The data plane refused a change: this node cannot serve, so the peer should."""
@@ -610,8 +529,8 @@ class Node:
                 failed = self.holder.acquire(action.reason)
                 if failed:
                     self._handle(FitnessChanged(0, True, failed))
-                else:
-                    self._start_cold_balancer()
+                elif self.balancing is not None and self.election.role is Role.MASTER:
+                    self.balancing.start_cold()
             elif isinstance(action, ReleaseVips):
                 self.holder.release(action.reason)
             elif isinstance(action, Announce):
@@ -633,20 +552,6 @@ class Node:
 
     def _peer_names(self) -> str:
         return " ".join(sorted(self.election.peers))
-
-    def _start_cold_balancer(self) -> None:
-        """Cold mode: start the balancer once the VIP is on this node (an engine binds it)
-        and before the VIP is announced (the first client after the GARP is served)."""
-        balancer = self.io.balancer
-        if balancer is None or balancer.cfg.mode != "cold" or balancer.active:
-            return
-        if self.election.role is not Role.MASTER:
-            return
-        try:
-            balancer.start()
-            self.log.info("balancer_started", kind=balancer.cfg.kind, mode="cold")
-        except BalancerError as exc:
-            self._balancer_failed(exc)
 
     def _on_role_changed(self, action: RoleChanged) -> None:
         self.last_transition_wall = time.time()
@@ -675,18 +580,8 @@ class Node:
             self.io.mdns.update(role=action.to_role.name, priority=self.election.effective_priority)
         if action.to_role is not Role.MASTER:
             self.holder.schedule.stop()
-        balancer = self.io.balancer
-        if (
-            balancer is not None
-            and balancer.cfg.mode == "cold"
-            and action.to_role is not Role.MASTER
-            and balancer.active
-        ):
-            try:
-                balancer.stop()
-                self.log.info("balancer_stopped", kind=balancer.cfg.kind, mode="cold")
-            except BalancerError as exc:
-                self._balancer_failed(exc)
+        if self.balancing is not None and action.to_role is not Role.MASTER:
+            self.balancing.stop_cold()
         # Persist at the end of this step: the VIP and its first GARP must not wait for disk.
         self._next_save = self.clock.now()
 

@@ -22,8 +22,8 @@ from hapair.errors import BalancerError, ConfigError, HapairError, RuntimeSetupE
 from hapair.net.transport import UdpTransport
 from hapair.net.vip import VipManager
 from hapair.runtime.control import is_live
-from hapair.runtime.node import vips_of
 from hapair.runtime.state import load_state, next_boot_epoch, save_state
+from hapair.runtime.wiring import vips_of
 from hapair.wire.heartbeat import Heartbeat, Rejected, cluster_id, decode, encode, vip_digest
 
 #: Longest release waits for the peer to confirm it is MASTER before removing the VIP anyway.
