@@ -5,7 +5,8 @@ host loads the VIP with wrk (HTTP) or dnsperf (DNS), and, in the same run and al
 it, the same load goes to the reference:
 
 - ``nat``, ``dr``: straight to one backend (what the client would get without a dispatcher);
-- ``proxy`` (nginx, HAProxy): the same engine with a hand-written configuration and no hapair;
+- ``proxy`` (nginx, HAProxy): the same engine with a hand-written configuration doing the same
+  job (keep-alive upstreams, the client's address in X-Forwarded-For and X-Real-IP), no hapair;
 - ``redirect``: nginx's own ``return 302``;
 - ``dns``: dnsmasq answering the same name on the same address.
 
@@ -159,7 +160,12 @@ http {{
 def reference_proxy_nginx(run: Path) -> str:
     servers = " ".join(f"server {LAN4[h]}:{PORT};" for h in BACKENDS)
     upstream = f"upstream pool {{ {servers} keepalive 32; }}"
-    body = 'proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection "";'
+    # The same job as hapair's: keep-alive upstreams and the client's address passed on.
+    body = (
+        'proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection "";'
+        " proxy_set_header Host $host; proxy_set_header X-Real-IP $remote_addr;"
+        " proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"
+    )
     return reference_nginx_conf(run, body, upstream)
 
 
@@ -175,8 +181,10 @@ defaults
     timeout client 60s
     timeout server 60s
     option http-keep-alive
+    option forwardfor
 frontend fe
     bind {VIP4}:{PORT}
+    http-request set-header X-Real-IP %[src]
     default_backend be
 backend be
     balance roundrobin
