@@ -37,7 +37,7 @@ from typing import Final
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hapair.lab.nodes import Timers
-from hapair.lab.shell import LabError
+from hapair.lab.shell import LabError, wait_until
 from hapair.lab.topology import LAN4, VIP4, Lab
 
 PORT: Final = 8081
@@ -241,15 +241,6 @@ class Row:
         return statistics.median(self.hapair) / statistics.median(self.reference)
 
 
-def wait_for(pred: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return pred()
-
-
 class Bench:
     """The lab and its helpers for one benchmark run."""
 
@@ -279,7 +270,9 @@ class Bench:
         for host in BACKENDS:
             url = f"http://{LAN4[host]}:{PORT}/"
             check = ["python3", "-c", f"import urllib.request as u; u.urlopen('{url}', timeout=1)"]
-            if not wait_for(lambda c=check: self.lab.exec("c", c, check=False).returncode == 0, 10):
+            if not wait_until(
+                lambda c=check: self.lab.exec("c", c, check=False).returncode == 0, timeout=10
+            ):
                 raise LabError(f"backend nginx on {host} does not answer")
 
     def load(self, kind: Kind, server: str) -> float:
@@ -307,7 +300,7 @@ class Bench:
         lab.hapair.start("a")
         lab.hapair.start("b")
         try:
-            if not wait_for(lambda: lab.vip_holders() == ["a"], 15):
+            if not wait_until(lambda: lab.vip_holders() == ["a"], timeout=15):
                 raise LabError(f"{kind.name}: node a did not become MASTER")
             time.sleep(1.0)  # first probes done, engines up
             for _ in range(runs):
@@ -320,7 +313,9 @@ class Bench:
         finally:
             lab.hapair.terminate("a")
             lab.hapair.terminate("b")
-            wait_for(lambda: not lab.hapair.running("a") and not lab.hapair.running("b"), 10)
+            wait_until(
+                lambda: not lab.hapair.running("a") and not lab.hapair.running("b"), timeout=10
+            )
             if kind.realserver:
                 for host in BACKENDS:
                     lab.python(host, ["-m", "hapair", "realserver", "down", VIP4], check=False)
@@ -368,7 +363,7 @@ def measure(bench: Bench, kind: Kind, runs: int) -> Row:
         bench.with_hapair(kind, 1, one, None)
         row.hapair += one.hapair
         for node in ("a", "b"):  # hapair's engine lets its last connections finish first
-            if not wait_for(lambda n=node: not listening(lab, n, port, proto), 15):
+            if not wait_until(lambda n=node: not listening(lab, n, port, proto), timeout=15):
                 raise LabError(f"{kind.name}: something still listens on {node}:{port}")
         lab.remove_vips("a")
         lab.remove_vips("b")
@@ -377,7 +372,7 @@ def measure(bench: Bench, kind: Kind, runs: int) -> Row:
         lab.exec("c", ["ip", "neigh", "flush", "all"])
         lab.spawn(f"ref-{label}", "a", argv)
         try:
-            if not wait_for(lambda: listening(lab, "a", port, proto), 10):
+            if not wait_until(lambda: listening(lab, "a", port, proto), timeout=10):
                 log = (lab.dir / f"ref-{label}.log").read_text(errors="replace")[-2000:]
                 raise LabError(f"reference {label} did not start:\n{log}")
             row.reference.append(bench.load(kind, VIP4))

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from hapair.lab.shell import wait_until
 from hapair.lab.topology import LAN4, VIP4, Lab
 from tests.netns.lab_http import fetch
 
@@ -128,15 +129,6 @@ def balancer(kind: str, scheduler: str, engine: str = "nginx") -> dict[str, Any]
     if kind == "proxy":
         cfg["proxy"] = {"engine": engine, "connect_timeout": "500ms", "timeout": "5s"}
     return cfg
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 def marked(marker: str) -> list[int]:
@@ -249,7 +241,7 @@ def test_a_reload_lets_a_request_in_flight_finish(
     if not lab.running("slow-r1"):
         with (lab.dir / "slow-r1.out").open("wb") as out:
             lab.spawn("slow-r1", "r1", [sys.executable, "-c", SLOW], stdout=out)
-        assert wait_for(lambda: b"ready" in (lab.dir / "slow-r1.out").read_bytes(), 10)
+        assert wait_until(lambda: b"ready" in (lab.dir / "slow-r1.out").read_bytes(), timeout=10)
     d = plane(balancer("proxy", "rr", engine))
     assert d.apply((R1, SLOW_PORT, 1)) is True
     pid = d.status()["pid"]
@@ -300,7 +292,7 @@ def test_a_killed_engine_is_restarted_until_it_dies_too_often(
         def restarted(old: int = pid) -> bool:
             return d.call("supervise") is not None and d.status()["pid"] not in (None, old)
 
-        assert wait_for(restarted, 5)
+        assert wait_until(restarted, timeout=5)
         status = d.status()
         assert status["pid"] is not None and status["restarts"] == death, status
         assert sorted(set(fetch(lab, 4))) == ["r1", "r2"]  # no orphaned worker kept the port
@@ -311,7 +303,7 @@ def test_a_killed_engine_is_restarted_until_it_dies_too_often(
         answers.append(d.call("supervise"))
         return isinstance(answers[-1], dict) and "error" in answers[-1]
 
-    assert wait_for(gave_up, 5)
+    assert wait_until(gave_up, timeout=5)
     assert "giving up" in answers[-1]["error"]
     assert d.call("remove") is True
     assert marked(config) == []
@@ -329,7 +321,7 @@ def test_a_fresh_instance_removes_a_running_engine(
     assert len(marked(config)) >= 1
     args = ["-c", REMOVE, json.dumps(d.cfg), str(d.run_dir)]
     assert lab.python("a", args).stdout.strip() == "True"  # as `hapair release` does
-    assert wait_for(lambda: marked(config) == [], 5)
+    assert wait_until(lambda: marked(config) == [], timeout=5)
     assert not d.run_dir.exists()
     assert fetch(lab, 1) == ["FAILED"]
     assert lab.python("a", args).stdout.strip() == "False"
@@ -353,7 +345,7 @@ def test_hot_standby_binds_the_vip_it_does_not_hold(
     try:
         lab.exec("b", ["ip", "addr", "add", f"{VIP4}/24", "dev", "eth0"])
         lab.exec("c", ["ip", "neigh", "flush", "all"])
-        assert wait_for(lambda: fetch(lab, 1) == ["r2"], 5)
+        assert wait_until(lambda: fetch(lab, 1) == ["r2"], timeout=5)
     finally:
         lab.remove_vips("b")
         lab.exec("a", ["ip", "addr", "add", f"{VIP4}/24", "dev", "eth0"])

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import pytest
 
 from hapair.lab.nodes import Timers
+from hapair.lab.shell import wait_until
 from hapair.lab.topology import LAN4, VIP4, Lab
 from tests.netns.lab_http import fetch
 
@@ -129,15 +130,6 @@ address = "{LAN4["r2"]}:80"
 """
 
 
-def wait_for(pred: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / step) + 2):
-        if pred() or time.monotonic() >= deadline:
-            break
-        time.sleep(step)
-    return bool(pred())
-
-
 def backend_service(lab: Lab, host: str, case: Case, lan: bool = True) -> None:
     """(Re)start the lab service on a backend; for dr also on the VIP (its loopback)."""
     argv = [sys.executable, "-m", "hapair.lab.service", "--name", host, "--vip", LAN4[host]]
@@ -173,8 +165,8 @@ def case_lab(request: pytest.FixtureRequest) -> Iterator[tuple[Case, Lab]]:
         write_configs(lab, case, "weighted")
         lab.hapair.start("a")
         lab.hapair.start("b")
-        assert wait_for(lambda: lab.vip_holders() == ["a"], 10)
-        assert wait_for(lambda: "FAILED" not in case.ask(lab, 2), 5)
+        assert wait_until(lambda: lab.vip_holders() == ["a"], timeout=10)
+        assert wait_until(lambda: "FAILED" not in case.ask(lab, 2), timeout=5)
         yield case, lab
     finally:
         lab.down()
@@ -192,7 +184,7 @@ def test_spread_stickiness_a_dead_backend_and_failover(case_lab: tuple[Case, Lab
     write_configs(lab, case, "source-hash")
     for node in ("a", "b"):
         lab.python(node, ["-m", "hapair", "reload", "-c", str(lab.hapair.config_path(node))])
-    assert wait_for(lambda: len(set(case.ask(lab, 10))) == 1, 5)
+    assert wait_until(lambda: len(set(case.ask(lab, 10))) == 1, timeout=5)
     assert len(set(case.ask(lab, 20))) == 1
 
     # Back to weighted, then kill r1: it leaves within fall x interval + 1 s, and then no
@@ -211,7 +203,7 @@ def test_spread_stickiness_a_dead_backend_and_failover(case_lab: tuple[Case, Lab
                 return e.ts
         return None
 
-    assert wait_for(lambda: down_at() is not None, FALL * PROBE_INTERVAL + 3.0)
+    assert wait_until(lambda: down_at() is not None, timeout=FALL * PROBE_INTERVAL + 3.0)
     when = down_at()
     assert when is not None and when - t0 <= FALL * PROBE_INTERVAL + 1.0
     time.sleep(0.2)  # the new pool is applied (engine reload) right after the event
@@ -219,13 +211,13 @@ def test_spread_stickiness_a_dead_backend_and_failover(case_lab: tuple[Case, Lab
 
     # Recovery: back in the pool after `rise` good probes.
     backend_service(lab, "r1", case)
-    assert wait_for(lambda: "r1" in case.ask(lab, 6), 5)
+    assert wait_until(lambda: "r1" in case.ask(lab, 6), timeout=5)
 
     # SIGKILL the MASTER (links down too): the peer answers through the VIP.
     lab.hapair.kill("a")
     lab.set_host_links("a", up=False)
-    assert wait_for(lambda: lab.has_vip("b"), 5)
-    assert wait_for(lambda: "FAILED" not in case.ask(lab, 4), 5)
+    assert wait_until(lambda: lab.has_vip("b"), timeout=5)
+    assert wait_until(lambda: "FAILED" not in case.ask(lab, 4), timeout=5)
     answers = case.ask(lab, 12)
     assert set(answers) == {"r1", "r2"}, (answers, lab.hapair.status("b"), [
         (e.node, e.name, e.fields) for e in lab.hapair.events()
@@ -247,14 +239,14 @@ def test_cold_nginx_starts_on_the_new_master_without_nonlocal_bind() -> None:
             assert lab.sysctl(node, "net.ipv4.ip_nonlocal_bind") == "0"
         lab.hapair.start("a")
         lab.hapair.start("b")
-        assert wait_for(lambda: lab.vip_holders() == ["a"], 10)
-        assert wait_for(lambda: "FAILED" not in case.ask(lab, 2), 5)
+        assert wait_until(lambda: lab.vip_holders() == ["a"], timeout=10)
+        assert wait_until(lambda: "FAILED" not in case.ask(lab, 2), timeout=5)
         assert sorted(set(case.ask(lab, 4))) == ["r1", "r2"]
         started = [e for e in lab.hapair.events() if e.name == "balancer_started"]
         assert [e.node for e in started] == ["a"]
         lab.hapair.terminate("a")  # graceful: b takes over and starts its engine first
-        assert wait_for(lambda: lab.has_vip("b"), 5)
-        assert wait_for(lambda: "FAILED" not in case.ask(lab, 2), 5)
+        assert wait_until(lambda: lab.has_vip("b"), timeout=5)
+        assert wait_until(lambda: "FAILED" not in case.ask(lab, 2), timeout=5)
         assert sorted(set(case.ask(lab, 4))) == ["r1", "r2"]
         assert not any(e.name == "balancer_failed" for e in lab.hapair.events())
     finally:

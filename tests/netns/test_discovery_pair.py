@@ -6,27 +6,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
-from collections.abc import Callable
 
 import pytest
 
 from hapair.lab.nodes import Timers
+from hapair.lab.shell import wait_until
 from hapair.lab.topology import LAN4, Lab
 
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
 ]
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / step) + 2):
-        if pred() or time.monotonic() >= deadline:
-            break
-        time.sleep(step)
-    return bool(pred())
 
 
 def roles(lab: Lab) -> dict[str, tuple[str, str | None]]:
@@ -44,15 +34,15 @@ def test_discover_lists_the_running_pair_with_current_roles() -> None:
             cfg.write_text(cfg.read_text() + "\n[discovery]\nannounce = true\n")
         lab.hapair.start("a")
         lab.hapair.start("b")
-        assert wait_for(lambda: lab.vip_holders() == ["a"], 10)
+        assert wait_until(lambda: lab.vip_holders() == ["a"], timeout=10)
         want = {"a": ("MASTER", LAN4["a"]), "b": ("BACKUP", LAN4["b"])}
-        assert wait_for(lambda: roles(lab) == want, 15), roles(lab)
+        assert wait_until(lambda: roles(lab) == want, timeout=15), roles(lab)
         lab.python("a", ["-m", "hapair", "handover", "-c", str(lab.hapair.config_path("a"))])
         want = {"a": ("BACKUP", LAN4["a"]), "b": ("MASTER", LAN4["b"])}
-        assert wait_for(lambda: roles(lab) == want, 15), roles(lab)
+        assert wait_until(lambda: roles(lab) == want, timeout=15), roles(lab)
         # A clean stop says goodbye: the node leaves the list.
         lab.hapair.terminate("a")
-        assert wait_for(lambda: set(roles(lab)) == {"b"}, 10), roles(lab)
+        assert wait_until(lambda: set(roles(lab)) == {"b"}, timeout=10), roles(lab)
 
 
 def test_peers_auto_finds_the_peer_by_cluster_name() -> None:
@@ -72,8 +62,8 @@ def test_peers_auto_finds_the_peer_by_cluster_name() -> None:
                     return False
             return True
 
-        assert wait_for(paired, 20)
-        assert wait_for(lambda: lab.vip_holders() == ["a"], 10)
+        assert wait_until(paired, timeout=20)
+        assert wait_until(lambda: lab.vip_holders() == ["a"], timeout=10)
         found = [e for e in lab.hapair.events() if e.name == "peer_discovered"]
         assert {(e.node, e.fields["peer"]) for e in found} == {("a", "b"), ("b", "a")}
         # Only the peer's own addresses on the VIP link (IPv4, and IPv6 where it has one).
@@ -82,4 +72,4 @@ def test_peers_auto_finds_the_peer_by_cluster_name() -> None:
             assert LAN4[e.node] not in e.fields["addresses"]
         # The pair works as with configured peers: a handover moves the VIP.
         lab.python("a", ["-m", "hapair", "handover", "-c", str(lab.hapair.config_path("a"))])
-        assert wait_for(lambda: lab.vip_holders() == ["b"], 5)
+        assert wait_until(lambda: lab.vip_holders() == ["b"], timeout=5)

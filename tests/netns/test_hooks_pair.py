@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from hapair.lab.nodes import Timers
+from hapair.lab.shell import wait_until
 from hapair.lab.topology import Lab
 
 pytestmark = [
@@ -24,15 +23,6 @@ RECORD = (
     "open(sys.argv[1], 'a').write(json.dumps({k: v for k, v in os.environ.items()"
     " if k.startswith('HAPAIR_')}) + '\\n')"
 )
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / step) + 2):
-        if pred() or time.monotonic() >= deadline:
-            break
-        time.sleep(step)
-    return bool(pred())
 
 
 def records(path: Path) -> list[dict[str, str]]:
@@ -54,16 +44,20 @@ def test_role_hooks_follow_a_handover() -> None:
             )
         lab.hapair.start("a")
         lab.hapair.start("b")
-        assert wait_for(lambda: lab.vip_holders() == ["a"], 10)
-        assert wait_for(lambda: any(r["HAPAIR_ROLE"] == "MASTER" for r in records(out["a"])), 5)
-        assert wait_for(lambda: any(r["HAPAIR_ROLE"] == "BACKUP" for r in records(out["b"])), 5)
+        assert wait_until(lambda: lab.vip_holders() == ["a"], timeout=10)
+        assert wait_until(
+            lambda: any(r["HAPAIR_ROLE"] == "MASTER" for r in records(out["a"])), timeout=5
+        )
+        assert wait_until(
+            lambda: any(r["HAPAIR_ROLE"] == "BACKUP" for r in records(out["b"])), timeout=5
+        )
         master = next(r for r in records(out["a"]) if r["HAPAIR_ROLE"] == "MASTER")
         assert master["HAPAIR_EVENT"] == "master" and master["HAPAIR_NODE"] == "a"
         assert master["HAPAIR_VIPS"].startswith("10.77.0.50/24")
 
         lab.python("a", ["-m", "hapair", "handover", "-c", str(lab.hapair.config_path("a"))])
-        assert wait_for(lambda: records(out["b"])[-1]["HAPAIR_ROLE"] == "MASTER", 5)
-        assert wait_for(lambda: records(out["a"])[-1]["HAPAIR_ROLE"] == "BACKUP", 5)
+        assert wait_until(lambda: records(out["b"])[-1]["HAPAIR_ROLE"] == "MASTER", timeout=5)
+        assert wait_until(lambda: records(out["a"])[-1]["HAPAIR_ROLE"] == "BACKUP", timeout=5)
         last = records(out["b"])[-1]
         assert last["HAPAIR_PREVIOUS_ROLE"] == "BACKUP" and last["HAPAIR_REASON"] == "peer_resigned"
         assert last["HAPAIR_PEER"] == "a"

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 
 import pytest
 
 from hapair.lab.nodes import Timers
+from hapair.lab.shell import wait_until
 from hapair.lab.topology import Lab
 
 pytestmark = [
@@ -18,15 +18,6 @@ pytestmark = [
 ]
 
 FAST = Timers(interval=0.05, dead_after=4)
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / step) + 2):
-        if pred() or time.monotonic() >= deadline:
-            break
-        time.sleep(step)
-    return bool(pred())
 
 
 def maintenance(lab: Lab, node: str, state: str) -> str:
@@ -38,7 +29,7 @@ def test_maintenance_hands_over_and_holds_across_restart_and_peer_death() -> Non
     with Lab(f"hm{os.getpid() % 10000}", timers=FAST) as lab:
         lab.hapair.start("a")
         lab.hapair.start("b")
-        assert wait_for(lambda: lab.vip_holders() == ["a"], 10)
+        assert wait_until(lambda: lab.vip_holders() == ["a"], timeout=10)
 
         out = maintenance(lab, "a", "on")
         assert "stays so until `off`" in out
@@ -59,7 +50,7 @@ def test_maintenance_hands_over_and_holds_across_restart_and_peer_death() -> Non
         # A restart keeps it (state file), and so does the peer's death.
         lab.hapair.terminate("a")
         lab.hapair.start("a")
-        assert wait_for(lambda: lab.hapair.role("a") == "BACKUP", 5)
+        assert wait_until(lambda: lab.hapair.role("a") == "BACKUP", timeout=5)
         lab.hapair.kill("b")
         lab.remove_vips("b")
         time.sleep(1.0)  # several dead intervals (0.2 s)
@@ -68,4 +59,4 @@ def test_maintenance_hands_over_and_holds_across_restart_and_peer_death() -> Non
 
         # Off: back to the election; with the peer gone, a takes the VIP.
         assert "normal election" in maintenance(lab, "a", "off")
-        assert wait_for(lambda: lab.vip_holders() == ["a"], 5)
+        assert wait_until(lambda: lab.vip_holders() == ["a"], timeout=5)

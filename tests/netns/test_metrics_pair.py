@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Callable
 
 import pytest
 
 from hapair.lab.nodes import Timers
+from hapair.lab.shell import wait_until
 from hapair.lab.topology import LAN4, Lab
 
 pytestmark = [
@@ -37,15 +36,6 @@ print(json.dumps(out))
 """
 
 
-def wait_for(pred: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / step) + 2):
-        if pred() or time.monotonic() >= deadline:
-            break
-        time.sleep(step)
-    return bool(pred())
-
-
 def scrape(lab: Lab) -> dict[str, dict[str, object]]:
     proc = lab.python("c", ["-c", SCRAPE, LAN4["a"], LAN4["b"]])
     data = json.loads(proc.stdout)
@@ -59,7 +49,7 @@ def test_role_endpoint_and_counters_follow_the_pair() -> None:
             cfg.write_text(cfg.read_text() + '\n[metrics]\nlisten = "0.0.0.0:9650"\n')
         lab.hapair.start("a")
         lab.hapair.start("b")
-        assert wait_for(lambda: lab.vip_holders() == ["a"], 10)
+        assert wait_until(lambda: lab.vip_holders() == ["a"], timeout=10)
         seen = scrape(lab)
         assert seen["a"]["role"] == 200 and seen["b"]["role"] == 503
         a = seen["a"]["samples"]
@@ -72,7 +62,7 @@ def test_role_endpoint_and_counters_follow_the_pair() -> None:
 
         cfg_a = str(lab.hapair.config_path("a"))
         lab.python("a", ["-m", "hapair", "handover", "-c", cfg_a])
-        assert wait_for(lambda: scrape(lab)["b"]["role"] == 200, 5)
+        assert wait_until(lambda: scrape(lab)["b"]["role"] == 200, timeout=5)
         after = scrape(lab)
         assert after["a"]["role"] == 503
         b = after["b"]["samples"]
