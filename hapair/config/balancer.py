@@ -8,7 +8,6 @@ their check); options that only one kind has live in a sub-table named after it
 from __future__ import annotations
 
 import re
-from ipaddress import ip_address
 from pathlib import Path
 from typing import Annotated, Final, Literal
 
@@ -23,6 +22,7 @@ from hapair.config.fields import (
     duration_between,
     int_between,
     non_empty,
+    parse_endpoint,
     problem,
     toml_repr,
 )
@@ -64,20 +64,7 @@ def _dns_name(value: object) -> str:
 
 
 def _parse_endpoint(value: object) -> tuple[IpAddress, int]:
-    hint = 'use "10.0.1.21:8080" or "[fd00::21]:8080"'
-    if not isinstance(value, str) or ":" not in value:
-        raise problem(f"must be ADDRESS:PORT: {hint} (got {toml_repr(value)})")
-    host, _, port = value.strip().rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        address = ip_address(host)
-    except ValueError:
-        raise problem(f"{value!r}: {host!r} is not an IP address ({hint})") from None
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise problem(f"{value!r}: the port must be 1 to 65535 ({hint})")
-    if address.is_unspecified or address.is_multicast:
-        raise problem(f"{value!r} is not a unicast host address")
-    return address, int(port)
+    return parse_endpoint(value, 'use "10.0.1.21:8080" or "[fd00::21]:8080"')
 
 
 Endpoint = Annotated[tuple[IpAddress, int], PlainValidator(_parse_endpoint)]

@@ -249,3 +249,22 @@ else:  # the list is validated as before (errors keep their paths); "auto" is se
         AfterValidator(unique),
         WrapValidator(_auto_or_addresses),
     ]
+
+
+def parse_endpoint(value: object, hint: str, *, wildcard: bool = False) -> tuple[IpAddress, int]:
+    """``ADDRESS:PORT`` or ``[V6]:PORT``; ``wildcard`` admits 0.0.0.0 and :: (a listener)."""
+    if not isinstance(value, str) or ":" not in value:
+        raise problem(f"must be ADDRESS:PORT: {hint} (got {toml_repr(value)})")
+    host, _, port = value.strip().rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ip_address(host)
+    except ValueError:
+        raise problem(f"{value!r}: {host!r} is not an IP address ({hint})") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise problem(f"{value!r}: the port must be 1 to 65535 ({hint})")
+    if wildcard and address.is_multicast:
+        raise problem(f"{value!r} is a multicast address")
+    if not wildcard and (address.is_unspecified or address.is_multicast):
+        raise problem(f"{value!r} is not a unicast host address")
+    return address, int(port)

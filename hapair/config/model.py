@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import grp
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -38,8 +38,8 @@ from hapair.config.fields import (
     duration_between,
     int_between,
     non_empty,
+    parse_endpoint,
     problem,
-    toml_repr,
 )
 from hapair.config.hooks import Hook
 
@@ -228,20 +228,9 @@ class Log(Model):
 
 
 def _parse_listen(value: object) -> tuple[IpAddress, int]:
-    hint = 'use "127.0.0.1:9650", "0.0.0.0:9650" or "[::]:9650"'
-    if not isinstance(value, str) or ":" not in value:
-        raise problem(f"must be ADDRESS:PORT: {hint} (got {toml_repr(value)})")
-    host, _, port = value.strip().rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        address = ip_address(host)
-    except ValueError:
-        raise problem(f"{value!r}: {host!r} is not an IP address ({hint})") from None
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise problem(f"{value!r}: the port must be 1 to 65535 ({hint})")
-    if address.is_multicast:
-        raise problem(f"{value!r} is a multicast address")
-    return address, int(port)
+    return parse_endpoint(
+        value, 'use "127.0.0.1:9650", "0.0.0.0:9650" or "[::]:9650"', wildcard=True
+    )
 
 
 ListenAddress = Annotated[tuple[IpAddress, int], PlainValidator(_parse_listen)]
