@@ -31,6 +31,7 @@ from hapair.lab.drill import SCENARIOS, DrillOptions, run_drill, wait_stable_mas
 from hapair.lab.keepalived import KeepalivedPair, keepalived_path
 from hapair.lab.nodes import Pair, Timers
 from hapair.lab.shell import LabError
+from hapair.lab.testbed import NetnsBed
 from hapair.lab.topology import NODES, Lab
 
 #: profile -> (hapair timers, keepalived timers); keepalived always declares its master down
@@ -117,13 +118,14 @@ def run_impl(
             pair = lab.hapair
         for node in NODES:
             pair.start(node)
-        master = wait_stable_master(lab, pair, timeout=30.0, settle=max(0.5, 3 * timers.interval))
+        bed = NetnsBed(lab, pair)
+        master = wait_stable_master(bed, pair, timeout=30.0, settle=max(0.5, 3 * timers.interval))
         if idle_seconds > 0:
             idle = sample_idle(pair.pids(master), idle_seconds)
         for scenario in scenarios:
             for i in range(runs):
                 try:
-                    result = run_drill(lab, pair, scenario, DrillOptions())
+                    result = run_drill(bed, pair, scenario, DrillOptions())
                 except LabError as exc:
                     cells[scenario].failed += 1
                     print(f"  {impl} {scenario} run {i + 1}: error: {exc}", file=sys.stderr)

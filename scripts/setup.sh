@@ -21,6 +21,12 @@ if [ "${HAPAIR_WITH_BENCH:-0}" = 1 ]; then
   command -v dnsperf >/dev/null || need+=(dnsperf)
   command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 fi
+# The container tests (compose lab, docker drills, the unit under a real systemd); as root only.
+if [ "${HAPAIR_WITH_DOCKER:-1}" = 1 ] && [ "$(id -u)" = 0 ]; then
+  command -v dockerd >/dev/null || need+=(docker.io)
+  command -v docker-compose >/dev/null || need+=(docker-compose)
+  command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
+fi
 if [ "${HAPAIR_WITH_KEEPALIVED:-0}" = 1 ] && ! command -v keepalived >/dev/null \
    && [ ! -x /usr/sbin/keepalived ]; then
   need+=(keepalived)

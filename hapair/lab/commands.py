@@ -12,6 +12,8 @@ from hapair.config.duration import parse_duration
 from hapair.lab.nodes import Pair, Timers
 
 if TYPE_CHECKING:
+    from hapair.lab.drill import DrillResult
+    from hapair.lab.testbed import Testbed
     from hapair.lab.topology import Lab
 
 _RAW: Final = argparse.RawDescriptionHelpFormatter
@@ -83,23 +85,51 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_drills(
+    bed: Testbed, pair: Pair, scenarios: list[str], args: argparse.Namespace, delay: float
+) -> list[DrillResult]:
+    """Run each scenario --runs times on `bed`; print each result unless --json."""
+    from hapair.lab.drill import DrillOptions, format_result, run_drill
+
+    results = []
+    for scenario in scenarios:
+        for _ in range(args.runs):
+            result = run_drill(bed, pair, scenario, DrillOptions(release_delay=delay))
+            results.append(result)
+            if not args.json:
+                print(format_result(result), flush=True)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    return results
+
+
+def _drill_setup(args: argparse.Namespace, command: str) -> tuple[list[str], float]:
+    from hapair.lab.drill import SCENARIOS
+
+    if args.runs < 1:
+        raise SystemExit(f"{command}: --runs must be >= 1")
+    try:
+        release_delay = parse_duration(args.release_delay)
+    except ValueError as exc:
+        raise SystemExit(f"{command}: --release-delay: {exc}") from None
+    scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    return scenarios, release_delay
+
+
+def _exit_status(results: list[DrillResult]) -> int:
+    return 0 if all(r.recovered or r.skipped for r in results) else 1
+
+
 def cmd_drill(args: argparse.Namespace) -> int:
     """Build a lab, run the drill N times, print timelines, tear the lab down."""
     if (status := _need_root("drill")) is not None:
         return status
-    from hapair.lab.drill import SCENARIOS, DrillOptions, format_result, run_drill
+    from hapair.lab.testbed import NetnsBed
     from hapair.lab.topology import Lab
 
-    if args.runs < 1:
-        raise SystemExit("hapair lab drill: --runs must be >= 1")
-    try:
-        release_delay = parse_duration(args.release_delay)
-    except ValueError as exc:
-        raise SystemExit(f"hapair lab drill: --release-delay: {exc}") from None
-    scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    scenarios, release_delay = _drill_setup(args, "hapair lab drill")
     lab = Lab(args.prefix, timers=_timers(args))
     lab.trap_signals()
-    results = []
     try:
         lab.up()
         pair = _pair(lab, args)
@@ -107,28 +137,58 @@ def cmd_drill(args: argparse.Namespace) -> int:
             pair.start(node)
         if not args.json:
             print(f"lab {args.prefix!r} up in {lab.dir}; {pair.label} running on a and b")
-        for scenario in scenarios:
-            for _ in range(args.runs):
-                options = DrillOptions(release_delay=release_delay)
-                result = run_drill(lab, pair, scenario, options)
-                results.append(result)
-                if not args.json:
-                    print(format_result(result), flush=True)
+        results = _run_drills(NetnsBed(lab, pair), pair, scenarios, args, release_delay)
     except BaseException:
         lab.down()
         raise
-    if args.json:
-        print(json.dumps([r.to_dict() for r in results], indent=2))
     if args.keep:
         print(lab.describe(), file=sys.stderr if args.json else sys.stdout)
     else:
         lab.down()
-    return 0 if all(r.recovered or r.skipped for r in results) else 1
+    return _exit_status(results)
+
+
+def cmd_docker_drill(args: argparse.Namespace) -> int:
+    """Drill a running compose lab through the Docker engine; or the netns lab without --docker."""
+    if not args.docker:
+        args.prefix, args.keep, args.keepalived = DRILL_PREFIX, False, False
+        args.interval, args.dead_after = "200ms", 5
+        return cmd_drill(args)
+    from hapair.lab.dockerbed import DockerBed, DockerPair, connect, find_project
+
+    scenarios, release_delay = _drill_setup(args, "hapair drill")
+    client = connect()
+    try:
+        project = find_project(client, args.project)
+        pair = DockerPair(client, project)
+        if not args.json:
+            print(f"compose lab {project!r}: VIP {pair.setup['a'].vip}, nodes a and b")
+        results = _run_drills(DockerBed(client, pair), pair, scenarios, args, release_delay)
+    finally:
+        client.close()
+    return _exit_status(results)
+
+
+def drill_args(p: argparse.ArgumentParser) -> None:
+    """Add the options every drill command shares."""
+    from hapair.lab.drill import SCENARIOS
+
+    p.add_argument("scenario", choices=[*SCENARIOS, "all"], metavar="SCENARIO")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--runs", type=int, default=1, metavar="N", help="repeat N times (1)")
+    p.add_argument(
+        "--release-delay",
+        default="0s",
+        metavar="DURATION",
+        help="kill: wait this long before the ExecStopPost release (default 0s, as systemd)",
+    )
 
 
 def register(subparsers: Any) -> None:
-    """Add ``lab`` with its sub-commands to the ``hapair`` command line."""
+    """Add ``lab`` and ``drill`` with their sub-commands to the ``hapair`` command line."""
     from hapair.lab.drill import DESCRIPTIONS, SCENARIOS
+
+    register_drill(subparsers)
 
     lab = subparsers.add_parser(
         "lab",
@@ -226,16 +286,49 @@ def register(subparsers: Any) -> None:
             "exit status: 0 every run recovered, 1 some did not, 2 not root"
         ),
     )
-    p.add_argument("scenario", choices=[*SCENARIOS, "all"], metavar="SCENARIO")
-    p.add_argument("--json", action="store_true", help="print results as JSON")
-    p.add_argument("--runs", type=int, default=1, metavar="N", help="repeat N times (1)")
+    drill_args(p)
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
-    p.add_argument(
-        "--release-delay",
-        default="0s",
-        metavar="DURATION",
-        help="kill: wait this long before the ExecStopPost release (default 0s, as systemd)",
-    )
     p.add_argument("--prefix", default=DRILL_PREFIX, help=f"name prefix ({DRILL_PREFIX})")
     timer_args(p)
     p.set_defaults(func=cmd_drill)
+
+
+def register_drill(subparsers: Any) -> None:
+    """Add ``drill``: the drills against the compose lab in Docker (or the netns lab)."""
+    from hapair.lab.drill import DESCRIPTIONS, SCENARIOS
+
+    scenario_help = "\n".join(f"  {name:<10} {DESCRIPTIONS[name]}" for name in SCENARIOS)
+    p = subparsers.add_parser(
+        "drill",
+        help="rehearse a failover: on the compose lab in Docker (--docker) or a netns lab",
+        formatter_class=_RAW,
+        description=(
+            "Run a failure drill and print its timeline and figures, as `hapair lab drill`\n"
+            "does, with the same client probe (a UDP datagram to VIP:7 every 10 ms from the\n"
+            "client) and the same report.\n\n"
+            "With --docker it drills the compose lab (compose/docker-compose.yml) that is\n"
+            "running on this Docker engine, through the engine's API: crash is `docker kill`\n"
+            "plus a network disconnect, pause is `docker pause`, linkdown is `ip link set\n"
+            "eth0 down` inside the node, partition is an nftables drop table in each node,\n"
+            "kill and sigterm signal the daemon inside its container (its supervisor then\n"
+            "releases the VIP, as ExecStopPost does). Timers are read from the nodes' configs.\n"
+            "Without --docker it builds a namespace lab on this machine (needs root).\n\n"
+            f"scenarios:\n{scenario_help}\n  all        every scenario in turn"
+        ),
+        epilog=(
+            "examples:\n"
+            "  docker compose -f compose/docker-compose.yml up -d\n"
+            "  hapair drill --docker crash\n"
+            "  hapair drill --docker all --runs 3 --json > drills.json\n"
+            "  hapair drill --docker pause --project mylab\n"
+            "exit status: 0 every run recovered, 1 some did not"
+        ),
+    )
+    drill_args(p)
+    p.add_argument("--docker", action="store_true", help="drill the compose lab in Docker")
+    p.add_argument(
+        "--project",
+        metavar="NAME",
+        help="the compose project to drill (default: the only one running the lab)",
+    )
+    p.set_defaults(func=cmd_docker_drill)

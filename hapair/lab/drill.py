@@ -1,15 +1,14 @@
-"""Failure drills on the lab: inject a fault at T0, time the recovery as a client sees it.
+"""Failure drills: inject a fault at T0, time the recovery as a client sees it.
 
 Each drill waits for one stable master, starts the client probe, injects the fault, waits
 (bounded) until the survivor is MASTER, holds the VIP and answers the client, then builds a
-timeline relative to T0 and restores the lab so the drill can run again.
+timeline relative to T0 and restores the testbed so the drill can run again. The same code
+drills the namespace lab and the compose lab in Docker: each is a `Testbed`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,13 +26,15 @@ from hapair.lab.probe import (
     split_brain_time,
 )
 from hapair.lab.shell import LabError
-from hapair.lab.topology import NODES, VIP4, Lab
+from hapair.lab.testbed import Testbed
 
-SCENARIOS: Final = ("crash", "kill", "linkdown", "handover", "sigterm", "partition")
+NODES: Final = tuple(PEER)
+SCENARIOS: Final = ("crash", "kill", "pause", "linkdown", "handover", "sigterm", "partition")
 DESCRIPTIONS: Final = {
-    "crash": "SIGKILL the master's daemon and cut its links (a dead host)",
+    "crash": "the master's host dies: every process killed, links cut",
     "kill": "SIGKILL only the master's daemon (host alive, stale VIP), then ExecStopPost release",
-    "linkdown": "the master's LAN port loses carrier (switch-side veth down)",
+    "pause": "the master's host hangs: every process frozen, its kernel still answers ARP",
+    "linkdown": "the master's LAN link loses carrier",
     "handover": "planned switchover: hapair handover on the master",
     "sigterm": "SIGTERM the master's daemon: graceful resign",
     "partition": "blackhole A<->B on both links (both MASTER), hold, then heal",
@@ -82,6 +83,7 @@ class DrillResult:
     interval_ms: float
     dead_after: int
     old_master: str
+    testbed: str = "netns"
     new_master: str | None = None
     recovered: bool = False
     skipped: bool = False
@@ -101,14 +103,14 @@ class DrillResult:
         return asdict(self)
 
 
-def wait_stable_master(lab: Lab, pair: Pair, *, timeout: float, settle: float) -> str:
+def wait_stable_master(bed: Testbed, pair: Pair, *, timeout: float, settle: float) -> str:
     """Return the node that is sole MASTER, sole VIP holder, unchanged for `settle` seconds."""
     seen: dict[str, float] = {}
 
     def stable() -> str | None:
         roles = {n: pair.role(n) for n in NODES}
         masters = [n for n, r in roles.items() if r == "MASTER"]
-        ok = len(masters) == 1 and lab.vip_holders() == masters
+        ok = len(masters) == 1 and bed.vip_holders() == masters
         ok = ok and all(roles[n] == "BACKUP" for n in NODES if n not in masters)
         if not ok:
             seen.clear()
@@ -120,7 +122,7 @@ def wait_stable_master(lab: Lab, pair: Pair, *, timeout: float, settle: float) -
     if master is None:
         roles = {n: pair.role(n) for n in NODES}
         raise LabError(
-            f"no stable master within {timeout:.0f}s: roles {roles}, VIP on {lab.vip_holders()}"
+            f"no stable master within {timeout:.0f}s: roles {roles}, VIP on {bed.vip_holders()}"
         )
     return master
 
@@ -128,14 +130,16 @@ def wait_stable_master(lab: Lab, pair: Pair, *, timeout: float, settle: float) -
 class Drill:
     """One run of one scenario against one implementation."""
 
-    def __init__(self, lab: Lab, pair: Pair, scenario: str, options: DrillOptions) -> None:
+    def __init__(self, bed: Testbed, pair: Pair, scenario: str, options: DrillOptions) -> None:
         if scenario not in SCENARIOS:
             raise LabError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
-        self.lab, self.pair, self.scenario, self.opt = lab, pair, scenario, options
+        self.bed, self.pair, self.scenario, self.opt = bed, pair, scenario, options
         self.settle = max(3 * pair.timers.interval, 0.3)
         self.master = wait_stable_master(
-            lab, pair, timeout=options.stable_timeout, settle=self.settle
+            bed, pair, timeout=options.stable_timeout, settle=self.settle
         )
+        # A frozen node has no say: whatever its log last said, it is no one's MASTER.
+        self.frozen: set[str] = set()
         self.survivor = PEER[self.master]
         self.t0 = 0.0
         self.heal_at: float | None = None
@@ -143,7 +147,12 @@ class Drill:
         # A SIGKILLed daemon logs nothing; its death still ends its claim to be MASTER.
         self.synthetic: list[Event] = []
         self.result = DrillResult(
-            scenario, pair.label, pair.timers.interval * 1000, pair.timers.dead_after, self.master
+            scenario,
+            pair.label,
+            pair.timers.interval * 1000,
+            pair.timers.dead_after,
+            self.master,
+            testbed=bed.kind,
         )
 
     def ms(self, ts: float) -> float:
@@ -156,7 +165,7 @@ class Drill:
 
     def run(self) -> DrillResult:
         """Inject, wait for recovery, measure, restore; return the result."""
-        probe = ProbeRun(self.lab, VIP4)
+        probe = self.bed.start_probe()
         try:
             winner = self._inject_and_wait(probe)
         except BaseException:
@@ -193,21 +202,25 @@ class Drill:
 
     def _restore(self) -> None:
         RESTORE.get(self.scenario, _no_restore)(self)
-        wait_stable_master(self.lab, self.pair, timeout=self.opt.stable_timeout, settle=self.settle)
+        wait_stable_master(self.bed, self.pair, timeout=self.opt.stable_timeout, settle=self.settle)
+
+    def role(self, node: str) -> str | None:
+        """Return `node`'s role, None while it is frozen."""
+        return None if node in self.frozen else self.pair.role(node)
 
     def _await_recovery(self, probe: ProbeRun) -> str | None:
         since = self.heal_at if self.heal_at is not None else self.t0
         expected = None if self.scenario == "partition" else self.survivor
 
         def recovered() -> str | None:
-            roles = {n: self.pair.role(n) for n in NODES}
+            roles = {n: self.role(n) for n in NODES}
             masters = [n for n, r in roles.items() if r == "MASTER"]
             if len(masters) != 1 or (expected is not None and masters != [expected]):
                 return None
             node = masters[0]
-            if self.lab.vip_holders() != [node] and not (
-                # A dead or cut-off old master may keep its stale VIP; only the survivor counts.
-                self.scenario in ("crash", "linkdown") and self.lab.has_vip(node)
+            if self.bed.vip_holders() != [node] and not (
+                # A dead, cut-off or frozen old master keeps its stale VIP; the survivor counts.
+                self.scenario in ("crash", "linkdown", "pause") and self.bed.has_vip(node)
             ):
                 return None
             return node if probe.answered_by(node, after=since) else None
@@ -217,10 +230,10 @@ class Drill:
         self.result.recovered = winner is not None
         self.result.new_master = winner
         if winner is None:
-            roles = {n: self.pair.role(n) for n in NODES}
+            roles = {n: self.role(n) for n in NODES}
             self.result.notes.append(
                 f"not recovered within {timeout:.1f}s: roles {roles}, "
-                f"VIP on {self.lab.vip_holders()}"
+                f"VIP on {self.bed.vip_holders()}"
             )
         return winner
 
@@ -308,14 +321,7 @@ def _killed(d: Drill) -> None:
 
 
 def _crash(d: Drill, probe: ProbeRun) -> bool:
-    # Signal first and reap later: reaping takes tens of ms, and a dead host is gone at once;
-    # a daemon still alive when its links drop would react to the carrier loss instead.
-    at = time.time()
-    for pid in d.pair.pids(d.master):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    d.lab.set_host_links(d.master, up=False)
-    d.pair.kill(d.master)
+    at = d.bed.crash(d.master)
     d.synthetic.append(Event(d.master, at, "daemon_stopped", {"reason": "SIGKILL"}))
     return True
 
@@ -330,8 +336,19 @@ def _kill(d: Drill, probe: ProbeRun) -> bool:
     return True
 
 
+def _pause(d: Drill, probe: ProbeRun) -> bool:
+    at = time.time()
+    if not d.bed.pause(d.master):
+        d.result.notes.append(f"nothing to freeze on {d.master}")
+        return False
+    d.frozen.add(d.master)
+    # Frozen, it claims nothing: its log's MASTER must not count as a dual master.
+    d.synthetic.append(Event(d.master, at, "daemon_stopped", {"reason": "frozen"}))
+    return True
+
+
 def _linkdown(d: Drill, probe: ProbeRun) -> bool:
-    d.lab.set_lan(d.master, up=False)
+    d.bed.set_link(d.master, up=False)
     return True
 
 
@@ -351,7 +368,7 @@ def _sigterm(d: Drill, probe: ProbeRun) -> bool:
 
 
 def _partition(d: Drill, probe: ProbeRun) -> bool:
-    d.lab.partition()
+    d.bed.partition()
     timers = d.pair.timers
     both = shell.wait_until(
         lambda: all(d.pair.role(n) == "MASTER" for n in NODES),
@@ -363,7 +380,7 @@ def _partition(d: Drill, probe: ProbeRun) -> bool:
     hold = d.opt.partition_hold or max(5 * timers.interval, 0.5)
     time.sleep(hold)
     d.heal_at = time.time()
-    d.lab.partition(heal=True)
+    d.bed.partition(heal=True)
     d.mark(d.heal_at, "partition healed")
     return True
 
@@ -373,10 +390,12 @@ def _no_restore(d: Drill) -> None:
 
 
 def _restore_crash(d: Drill) -> None:
-    # The host "reboots": its addresses are gone before its links come back.
-    d.lab.remove_vips(d.master)
-    d.lab.set_host_links(d.master, up=True)
-    d.pair.start(d.master)
+    d.bed.recover(d.master)
+
+
+def _restore_pause(d: Drill) -> None:
+    d.bed.pause(d.master, resume=True)
+    d.frozen.discard(d.master)
 
 
 def _restore_restart(d: Drill) -> None:
@@ -384,17 +403,18 @@ def _restore_restart(d: Drill) -> None:
 
 
 def _restore_link(d: Drill) -> None:
-    d.lab.set_lan(d.master, up=True)
+    d.bed.set_link(d.master, up=True)
 
 
 def _restore_partition(d: Drill) -> None:
-    # Normally healed already; removing absent blackholes is a no-op.
-    d.lab.partition(heal=True)
+    # Normally healed already; healing twice is a no-op.
+    d.bed.partition(heal=True)
 
 
 INJECT: Final[dict[str, Callable[[Drill, ProbeRun], bool]]] = {
     "crash": _crash,
     "kill": _kill,
+    "pause": _pause,
     "linkdown": _linkdown,
     "handover": _handover,
     "sigterm": _sigterm,
@@ -403,6 +423,7 @@ INJECT: Final[dict[str, Callable[[Drill, ProbeRun], bool]]] = {
 RESTORE: Final[dict[str, Callable[[Drill], None]]] = {
     "crash": _restore_crash,
     "kill": _restore_restart,
+    "pause": _restore_pause,
     "sigterm": _restore_restart,
     "linkdown": _restore_link,
     "partition": _restore_partition,
@@ -410,16 +431,16 @@ RESTORE: Final[dict[str, Callable[[Drill], None]]] = {
 
 
 def run_drill(
-    lab: Lab, pair: Pair, scenario: str, options: DrillOptions | None = None
+    bed: Testbed, pair: Pair, scenario: str, options: DrillOptions | None = None
 ) -> DrillResult:
-    """Run `scenario` once on `lab` with `pair` (both daemons running); return what it measured."""
-    return Drill(lab, pair, scenario, options or DrillOptions()).run()
+    """Run `scenario` once on `bed` with `pair` (both daemons running); return what it measured."""
+    return Drill(bed, pair, scenario, options or DrillOptions()).run()
 
 
 def format_result(r: DrillResult) -> str:
     """Return a readable timeline and figures for one drill run."""
     head = (
-        f"drill {r.scenario} ({r.implementation}, interval {r.interval_ms:g}ms, "
+        f"drill {r.scenario} ({r.implementation} on {r.testbed}, interval {r.interval_ms:g}ms, "
         f"dead_after {r.dead_after}): master {r.old_master} -> {r.new_master or '?'}"
     )
     if r.skipped:

@@ -69,9 +69,6 @@ class Pair(Protocol):
     def pids(self, node: str) -> list[int]:
         """Return the pids of the daemon's processes on `node`."""
 
-    def log_path(self, node: str) -> Path:
-        """Return the daemon's log file on `node`."""
-
     def events(self) -> list[Event]:
         """Return both nodes' log events in time order."""
 
@@ -79,7 +76,7 @@ class Pair(Protocol):
         """Return `node`'s current role per its log (None when not running)."""
 
 
-def wait_started(pair: Pair, node: str, since: float, event: str, failure: str) -> None:
+def wait_started(pair: LogReadingPair, node: str, since: float, event: str, failure: str) -> None:
     """Wait (bounded) until `pair`'s daemon on `node` logs `event`; LabError if it dies first."""
 
     def started() -> bool:
@@ -100,6 +97,7 @@ class LogReadingPair:
     """What both pairs share: each node's log file read as events, and the role it implies."""
 
     keepalived_logs = False
+    label = ""
 
     def __init__(self) -> None:
         self._logs: dict[str, LogFollower] = {}

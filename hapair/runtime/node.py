@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Final
@@ -51,11 +50,11 @@ from hapair.net.watch import (
     CarrierChanged,
     EventsLost,
 )
-from hapair.ops.hooks import BackendEvent, HookRunner, RoleEvent
-from hapair.ops.systemd import WatchdogTimer, status_line_from
+from hapair.ops.hooks import HookRunner
 from hapair.runtime.balancing import BalancerDriver
 from hapair.runtime.clock import Clock
 from hapair.runtime.conflicts import ConflictResponder
+from hapair.runtime.ops_notify import OpsNotifier
 from hapair.runtime.state import PersistentState, save_state
 from hapair.runtime.status import build_status
 from hapair.runtime.vipholder import VipHolder
@@ -79,8 +78,6 @@ from hapair.wire.replay import ReplayGuard
 
 #: How often the replay marks are written while running (also at every role change and stop).
 STATE_SAVE_INTERVAL: Final = 10.0
-#: Role changes kept for `hapair status`.
-TRANSITION_HISTORY: Final = 10
 
 
 class Node:
@@ -141,16 +138,13 @@ class Node:
             if io.balancer is not None
             else None
         )
-        period = io.systemd.watchdog_period if io.systemd is not None else None
-        #: systemd's watchdog is pinged from the loop itself: a hung loop is restarted.
-        self.watchdog = WatchdogTimer(period, now) if period else None
-        self._status_due = True
+        self.ops = OpsNotifier(
+            systemd=io.systemd, mdns=io.mdns, metrics=io.metrics, hooks=self.hooks,
+            log=self.log, status=self.status, now=now,
+        )  # fmt: skip
         self._macs: dict[str, bytes] = {}
         self._accepted_on: dict[str, str] = {}
         self._next_save = now + STATE_SAVE_INTERVAL
-        self.last_transition_wall: float | None = None
-        #: The last role changes, newest last, for `hapair status` (bounded).
-        self.transitions: deque[dict[str, Any]] = deque(maxlen=TRANSITION_HISTORY)
         self.done = False
 
     # -- entry points from signals and the control socket ---------------------------------
@@ -191,12 +185,9 @@ class Node:
         self.hooks.reconfigure(cfg.hook, hook_context(cfg))
         self._perform(self.election.reconfigure(election_settings(cfg), now))
         self._refresh_fitness()
-        if self.io.metrics is not None:
-            self.io.metrics.set_vips(str(v.address) for v in self.vips)
-            if self.io.balancer is not None:
-                self.io.metrics.set_backends(
-                    self.io.balancer.specs, self.io.balancer.board.healthy()
-                )
+        b = self.io.balancer
+        pool = (b.specs, b.board.healthy()) if b is not None else None
+        self.ops.reconfigured((str(v.address) for v in self.vips), pool)
 
     def set_maintenance(self, on: bool) -> str | None:
         """Turn maintenance on (hand over, then stay BACKUP) or off; kept across restarts.
@@ -257,12 +248,10 @@ class Node:
         deadlines = [self.election.next_deadline(), self._next_save]
         board = self.balancing.next_deadline() if self.balancing is not None else None
         announce = self.holder.schedule.next_deadline()
-        for nxt in (announce, self.conflicts.next_deadline(), board):
+        for nxt in (announce, self.conflicts.next_deadline(), board, self.ops.next_deadline()):
             if nxt is not None:
                 deadlines.append(nxt)
         deadlines += [c.next_due for c in self.checks if c.argv and not c.running]
-        if self.watchdog is not None:
-            deadlines.append(self.watchdog.next_deadline())
         return min(deadlines)
 
     def step(self) -> None:
@@ -287,21 +276,7 @@ class Node:
         if now >= self._next_save:
             self.save_state_file()
             self._next_save = now + STATE_SAVE_INTERVAL
-        if self.io.metrics is not None:
-            self.io.metrics.vips_held(str(v.address) for v in self.holder.held)
-        self._notify_systemd(now)
-
-    def _notify_systemd(self, now: float) -> None:
-        """WATCHDOG=1 when due (proof the loop turns), STATUS= when something changed."""
-        notifier = self.io.systemd
-        if notifier is None:
-            return
-        if self.watchdog is not None and self.watchdog.due_at(now):
-            notifier.watchdog()
-            self._status_due = True  # also catches a peer's role change that caused no action
-        if self._status_due:
-            self._status_due = False
-            notifier.status(status_line_from(self.status()))
+        self.ops.step_done(now, (str(v.address) for v in self.holder.held))
 
     def _handle(self, event: Event) -> None:
         self._perform(self.election.handle(event, self.clock.now()))
@@ -325,8 +300,7 @@ class Node:
                     raise Rejected(RejectReason.REPLAY, f"{hb.node} seq {hb.seq} from {source}")
                 self._accepted_on[hb.node] = source
             except Rejected as exc:
-                if self.io.metrics is not None:
-                    self.io.metrics.heartbeat_rejected(exc.reason)
+                self.ops.heartbeat_rejected(exc.reason)
                 if self.rejects.record(exc.reason):
                     self.log.warning(
                         "heartbeat_rejected",
@@ -336,8 +310,7 @@ class Node:
                         note="logged once per reason; then only counted (see hapair status)",
                     )
                 continue
-            if self.io.metrics is not None:
-                self.io.metrics.heartbeat_received(hb.node, self.clock.now())
+            self.ops.heartbeat_received(hb.node, self.clock.now())
             self._handle(
                 PeerHeard(
                     node=hb.node,
@@ -435,8 +408,7 @@ class Node:
             return
         for vip, mac in conflicts.items():
             self.log.warning("vip_conflict", vip=vip, mac=mac, action="re-announce")
-            if self.io.metrics is not None:
-                self.io.metrics.vip_conflict()
+            self.ops.vip_conflict()
         self.conflicts.answered(list(conflicts), now)
         self.holder.announce("conflict", second_burst=False)
 
@@ -478,8 +450,7 @@ class Node:
                 reason=fit.reason,
             )
             self._handle(FitnessChanged(fit.effective_priority, fit.fault, fit.reason))
-            if self.io.mdns is not None:
-                self.io.mdns.update(priority=fit.effective_priority)
+            self.ops.priority_changed(fit.effective_priority)
 
     def _start_due_probes(self) -> None:
         now = self.clock.now()
@@ -496,12 +467,7 @@ class Node:
 
     def _backend_changed(self, name: str, change: HealthChange) -> None:
         """A backend entered or left the pool (already logged and pushed to the data plane)."""
-        self._status_due = True
-        self.hooks.submit(
-            BackendEvent(
-                name, change.up, change.reason, self.election.role, peer=self._peer_names()
-            )
-        )
+        self.ops.backend_changed(name, change, self.election.role, self._peer_names())
 
     def _balancer_failed(self, exc: BalancerError) -> None:
         """The data plane refused a change: this node cannot serve, so the peer should."""
@@ -522,7 +488,7 @@ class Node:
     def _perform(self, actions: list[Action]) -> None:
         for action in actions:
             if not isinstance(action, SendHeartbeat | Announce):
-                self._status_due = True
+                self.ops.changed()
             if isinstance(action, RoleChanged):
                 self._on_role_changed(action)
             elif isinstance(action, AcquireVips):
@@ -554,30 +520,8 @@ class Node:
         return " ".join(sorted(self.election.peers))
 
     def _on_role_changed(self, action: RoleChanged) -> None:
-        self.last_transition_wall = time.time()
-        self.transitions.append(
-            {
-                "from": action.from_role.name, "to": action.to_role.name,
-                "reason": action.reason, "term": action.term,
-                "at": round(self.last_transition_wall, 3),
-                "mono": self.clock.now(),
-            }
-        )  # fmt: skip
-        if self.io.metrics is not None:
-            self.io.metrics.role_changed(action.from_role, action.to_role, action.reason)
-        self.log.info(
-            "role_changed",
-            from_role=action.from_role.name,
-            to_role=action.to_role.name,
-            reason=action.reason,
-            term=action.term,
-            priority=self.election.effective_priority,
-        )
-        self.hooks.submit(
-            RoleEvent(action.to_role, action.from_role, action.reason, peer=self._peer_names())
-        )
-        if self.io.mdns is not None:  # never blocks: handed to zeroconf's thread
-            self.io.mdns.update(role=action.to_role.name, priority=self.election.effective_priority)
+        e = self.election
+        self.ops.role_changed(action, e.effective_priority, self._peer_names(), self.clock.now())
         if action.to_role is not Role.MASTER:
             self.holder.schedule.stop()
         if self.balancing is not None and action.to_role is not Role.MASTER:
@@ -603,8 +547,7 @@ class Node:
             maintenance=e.maintenance,
         )
         self.io.transport.send(encode(hb, self.key))
-        if self.io.metrics is not None:
-            self.io.metrics.heartbeat_sent()
+        self.ops.heartbeat_sent()
 
     # -- state and status ----------------------------------------------------------------
 
@@ -624,16 +567,12 @@ class Node:
             held=self.holder.held,
             rejected=self.rejects.counts(),
             now=self.clock.now(),
-            transition_wall=self.last_transition_wall,
+            transition_wall=self.ops.last_transition_wall,
             started_wall=self.started_wall,
         )
         if self.io.balancer is not None:
             status["balancer"] = self.io.balancer.status()
-        now = self.clock.now()
-        status["transitions"] = [
-            {k: v for k, v in t.items() if k != "mono"} | {"ago": round(now - t["mono"], 3)}
-            for t in self.transitions
-        ]
+        status["transitions"] = self.ops.transitions_at(self.clock.now())
         return status
 
     def shutdown(self) -> None:

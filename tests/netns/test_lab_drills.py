@@ -10,6 +10,7 @@ import pytest
 
 from hapair.lab.drill import DrillOptions, format_result, run_drill
 from hapair.lab.nodes import PEER, Timers
+from hapair.lab.testbed import NetnsBed
 from hapair.lab.topology import NODES, Lab
 
 pytestmark = [
@@ -34,9 +35,9 @@ def lab() -> Iterator[Lab]:
         yield built
 
 
-@pytest.mark.parametrize("scenario", ["crash", "kill", "linkdown", "handover", "sigterm"])
+@pytest.mark.parametrize("scenario", ["crash", "kill", "pause", "linkdown", "handover", "sigterm"])
 def test_survivor_takes_over_and_the_client_is_answered(lab: Lab, scenario: str) -> None:
-    result = run_drill(lab, lab.hapair, scenario, DrillOptions())
+    result = run_drill(NetnsBed(lab, lab.hapair), lab.hapair, scenario, DrillOptions())
     text = format_result(result)
     assert result.recovered, text
     assert result.new_master == PEER[result.old_master], text
@@ -50,7 +51,7 @@ def test_survivor_takes_over_and_the_client_is_answered(lab: Lab, scenario: str)
 
 
 def test_partition_makes_two_masters_then_heals_to_one(lab: Lab) -> None:
-    result = run_drill(lab, lab.hapair, "partition", DrillOptions())
+    result = run_drill(NetnsBed(lab, lab.hapair), lab.hapair, "partition", DrillOptions())
     text = format_result(result)
     assert result.dual_master_ms > 0, text
     assert result.recovered, text
