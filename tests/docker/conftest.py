@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,8 @@ def base_image(docker_client: Any) -> Iterator[str]:
     except docker.errors.ImageNotFound:
         proc = subprocess.run(
             [str(REPO / "compose" / "local-base.sh"), tag],
+            # The wheels come from the test run's own interpreter and its pip settings.
+            env={**os.environ, "PYTHON": sys.executable},
             capture_output=True,
             text=True,
             timeout=900,
