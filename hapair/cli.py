@@ -305,6 +305,7 @@ def build_parser(with_lab: bool = True) -> argparse.ArgumentParser:
             "  hapair run -c /etc/hapair/hapair.toml      (usually via systemd)\n"
             "  hapair status            hapair handover\n"
             "  sudo hapair lab drill crash   (watch a failover on this machine)\n"
+            "  hapair drill --docker crash   (the same on the compose lab: compose/)\n"
         ),
     )
     parser.add_argument("--version", action="version", version=f"hapair {__version__}")
