@@ -236,6 +236,10 @@ class Answerer:
                 family.bodies = [b"".join(doubled[r : r + k]) for r in range(n)]
         self._plans: dict[bool, dict[bytes, _Plan]] = {True: {}, False: {}}
 
+    def reseed(self) -> None:
+        """Draw fresh random numbers: a forked worker must not repeat its siblings' draws."""
+        self.rng.seed()
+
     # ------------------------------------------------------------------ ordering --------------
 
     def order(self, rdtype: int, client: str) -> list[int]:

@@ -237,6 +237,10 @@ class TcpHandler:
 
 def run_worker(answerer: Answerer, udp: socket.socket, tcp: socket.socket) -> int:
     """Serve until SIGTERM (the manager's stop); in a forked child."""
+    # Forked siblings inherit one random state: without this, every worker would give the
+    # same sequence of `weighted` and `random` orders, and a client spread over two workers
+    # would see each draw twice.
+    answerer.reseed()
     loop = asyncio.new_event_loop()
     loop.set_exception_handler(lambda _, ctx: log_once("dns_loop_error", error=ctx.get("message")))
     loop.run_until_complete(_serve(answerer, udp, tcp))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import struct
 from collections import Counter
@@ -357,3 +359,34 @@ def test_the_per_query_and_per_client_memory_is_bounded() -> None:
         use_edns=0, options=[dns.edns.GenericOption(dns.edns.OptionType.PADDING, bytes(600))]
     )
     assert addresses(ask(a, big)) and big[2:] not in a._plans[True]
+
+
+def _orders_in_a_child(a: Answerer, *, reseed: bool) -> list[list[int]]:
+    """Fork as the responder forks a worker; return the child's next 32 A-record orders."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: draw, report, leave without running the parent's cleanup
+        try:
+            os.close(read)
+            if reseed:
+                a.reseed()
+            orders = [a.order(dns.rdatatype.A, "10.9.9.9") for _ in range(32)]
+            os.write(write, json.dumps(orders).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as fh:
+        data = fh.read()
+    os.waitpid(pid, 0)
+    orders: list[list[int]] = json.loads(data)
+    return orders
+
+
+@pytest.mark.parametrize("scheduler", ["weighted", "random"])
+def test_forked_workers_draw_their_own_random_orders(scheduler: Scheduler) -> None:
+    a = answerer(scheduler=scheduler)
+    # Without a reseed, two forked workers repeat each other's draws, one for one...
+    assert _orders_in_a_child(a, reseed=False) == _orders_in_a_child(a, reseed=False)
+    # ...with it (what run_worker does first), they do not (32 draws of 3: equal by chance
+    # with probability 3**-32 or less).
+    assert _orders_in_a_child(a, reseed=True) != _orders_in_a_child(a, reseed=True)
