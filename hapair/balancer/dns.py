@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from hapair.balancer.dnsanswer import Zone
-from hapair.balancer.dnsserver import ServerConfig, freebind, parse_config
+from hapair.balancer.dnsserver import ServerConfig, parse_config
 from hapair.balancer.plane import Pool, endpoint_name
 from hapair.balancer.process import Supervised, stop_from_pidfile
 from hapair.config.balancer import Balancer, DnsOptions
 from hapair.errors import BalancerError
+from hapair.net.freebind import freebind
 
 #: How long a reload may take: the responder forks its new workers and stops the old ones.
 RELOAD_TIMEOUT: Final = 3.0

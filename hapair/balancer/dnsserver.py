@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from hapair.balancer.dnsanswer import Answerer, Zone, zone_from_json
+from hapair.net.freebind import freebind
 
 MAX_CONFIG_BYTES: Final = 1 << 20
 MAX_WORKERS: Final = 64
@@ -47,8 +48,6 @@ STOP_TIMEOUT: Final = 2.0
 DEATH_LIMIT: Final = 5
 DEATH_WINDOW: Final = 30.0
 _SIGNALS: Final = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
-_IP_FREEBIND: Final = getattr(socket, "IP_FREEBIND", 15)
-_IPV6_FREEBIND: Final = 78
 _PR_SET_PDEATHSIG: Final = 1
 _reported: set[str] = set()
 
@@ -146,14 +145,6 @@ def bind(address: str, port: int, workers: int) -> list[tuple[socket.socket, soc
             sock.setblocking(False)
         tcp.listen(128)
     return pairs
-
-
-def freebind(sock: socket.socket) -> None:
-    """Let ``sock`` bind an address this host does not have (yet): the VIP on a standby."""
-    sock.setsockopt(socket.SOL_IP, _IP_FREEBIND, 1)
-    if sock.family == socket.AF_INET6:
-        with contextlib.suppress(OSError):  # kernels before 4.15 honour IP_FREEBIND alone
-            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_FREEBIND, 1)
 
 
 class SharedCounter:

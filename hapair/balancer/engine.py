@@ -37,6 +37,7 @@ from hapair.balancer.plane import IpAddress, Pool, endpoint_name
 from hapair.balancer.process import RestartPolicy, Supervised, stop_from_pidfile
 from hapair.config.balancer import Balancer
 from hapair.errors import BalancerError
+from hapair.net.freebind import freebind
 
 Engine = Literal["nginx", "haproxy"]
 
@@ -50,8 +51,6 @@ STOP_GRACE: Final = 2.0
 #: Where ``/proc/net/tcp`` says a socket listens.
 TCP_LISTEN: Final = "0A"
 SBIN: Final = "/usr/sbin:/sbin:/usr/local/sbin"
-IP_FREEBIND: Final = getattr(socket, "IP_FREEBIND", 15)
-IPV6_FREEBIND: Final = 78
 _LEVELS: Final = {
     "balancer_process_died": "warning",
     "balancer_process_failed": "error",
@@ -471,10 +470,7 @@ class EngineDataPlane:
         with socket.socket(socket.AF_INET6 if v6 else socket.AF_INET) as sock:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
-                if v6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
-                else:
-                    sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+                freebind(sock)
                 sock.bind((str(address), port))
             except OSError as exc:
                 why = "in use by another program" if exc.errno == errno.EADDRINUSE else exc

@@ -16,9 +16,8 @@ import socket
 from collections.abc import Sequence
 from typing import Final, cast
 
-# Not exported by Python's socket module on every build; values from linux/in.h and in6.h.
-IP_FREEBIND: Final = getattr(socket, "IP_FREEBIND", 15)
-IPV6_FREEBIND: Final = 78
+from hapair.net.freebind import freebind
+
 MAX_REQUEST: Final = 8192
 READ_TIMEOUT: Final = 5.0
 MAX_CONNECTIONS: Final = 256
@@ -30,10 +29,7 @@ def _socket(address: str, port: int, kind: socket.SocketKind) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if v6:
-            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
-        else:
-            sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+        freebind(sock)
         sock.bind((address, port))
         sock.setblocking(False)
     except OSError:
