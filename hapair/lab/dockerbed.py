@@ -91,7 +91,8 @@ class NodeSetup:
     timers: Timers
 
 
-def _container(client: DockerClient, project: str, service: str) -> Container:
+def compose_container(client: DockerClient, project: str, service: str) -> Container:
+    """The one container of compose `service` in `project`; LabError if not exactly one."""
     found = client.containers.list(
         all=True, filters={"label": [f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={service}"]}
     )
@@ -175,7 +176,9 @@ class DockerPair:
 
     def __init__(self, client: DockerClient, project: str) -> None:
         self.client, self.project = client, project
-        self.containers = {n: _container(client, project, s) for n, s in NODE_SERVICES.items()}
+        self.containers = {
+            n: compose_container(client, project, s) for n, s in NODE_SERVICES.items()
+        }
         self.setup = {n: _read_setup(c) for n, c in self.containers.items()}
         self.timers = self.setup["a"].timers
         self._logs = {n: ContainerEvents(c, n) for n, c in self.containers.items()}
@@ -289,16 +292,9 @@ def has_vip(container: Container, setup: NodeSetup) -> bool:
     """Return whether `container` has the VIP on its interface now."""
     _, out = _exec(container, ["ip", "-j", "addr", "show", "dev", setup.interface], check=False)
     try:
-        links = json.loads(out)
+        return shell.has_address(json.loads(out), setup.vip)
     except ValueError:
         return False
-    return any(
-        info.get("local") == setup.vip
-        for link in links
-        if isinstance(link, dict)
-        for info in link.get("addr_info", [])
-        if isinstance(info, dict)
-    )
 
 
 class DockerBed:
@@ -309,7 +305,7 @@ class DockerBed:
     def __init__(self, client: DockerClient, pair: DockerPair) -> None:
         self.client, self.pair = client, pair
         self.vip = pair.setup["a"].vip
-        self.client_container = _container(client, pair.project, CLIENT_SERVICE)
+        self.client_container = compose_container(client, pair.project, CLIENT_SERVICE)
         # A frozen container cannot run `ip`: remember what it held when it froze.
         self._frozen_vip: dict[str, bool] = {}
         self._restart_policy: dict[str, dict[str, Any]] = {}

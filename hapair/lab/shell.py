@@ -66,6 +66,19 @@ def ip_json(*args: str, netns: str | None = None) -> list[dict[str, object]]:
     return data if isinstance(data, list) else []
 
 
+def has_address(links: object, address: str) -> bool:
+    """Whether the decoded output of ``ip -j addr show`` lists `address` on any link."""
+    if not isinstance(links, list):
+        return False
+    for link in links:
+        infos = link.get("addr_info") if isinstance(link, dict) else None
+        if isinstance(infos, list) and any(
+            isinstance(i, dict) and i.get("local") == address for i in infos
+        ):
+            return True
+    return False
+
+
 def list_netns() -> list[str]:
     """Return the names of all named network namespaces."""
     out = run(["ip", "netns", "list"]).stdout

@@ -329,13 +329,8 @@ class Lab:
 
     def has_vip(self, node: str, vip: str = VIP4) -> bool:
         """Return whether `node` holds `vip` on eth0 right now."""
-        for link in shell.ip_json("addr", "show", "dev", "eth0", netns=self.ns(node)):
-            infos = link.get("addr_info")
-            if isinstance(infos, list) and any(
-                isinstance(i, dict) and i.get("local") == vip for i in infos
-            ):
-                return True
-        return False
+        links = shell.ip_json("addr", "show", "dev", "eth0", netns=self.ns(node))
+        return shell.has_address(links, vip)
 
     def remove_vips(self, node: str) -> None:
         """Delete the VIPs from `node` by hand (what an ExecStopPost does for keepalived)."""

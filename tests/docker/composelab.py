@@ -16,7 +16,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from hapair.lab.shell import LabError, wait_until
+from hapair.lab.dockerbed import CONFIG, PROJECT_LABEL, compose_container
+from hapair.lab.shell import LabError, has_address, wait_until
 
 REPO: Final = Path(__file__).resolve().parents[2]
 COMPOSE_FILE: Final = REPO / "compose" / "docker-compose.yml"
@@ -25,9 +26,6 @@ LOCK_WAIT: Final = 15 * 60.0
 VIP: Final = "172.31.77.50"
 VIP_URL: Final = f"http://{VIP}/"
 NODES: Final = ("node-a", "node-b")
-CONFIG: Final = "/etc/hapair/hapair.toml"
-PROJECT_LABEL: Final = "com.docker.compose.project"
-SERVICE_LABEL: Final = "com.docker.compose.service"
 COMPOSE_TIMEOUT: Final = 180.0
 EXEC_TIMEOUT: Final = 20.0
 UP_WAIT: Final = 60.0
@@ -163,12 +161,8 @@ class ComposeLab:
     # --- containers -------------------------------------------------------------------------
 
     def container(self, service: str) -> Any:
-        """The (single) container of `service`; raise LabError if there is none."""
-        filters = {"label": [f"{PROJECT_LABEL}={self.project}", f"{SERVICE_LABEL}={service}"]}
-        found = self.docker.containers.list(all=True, filters=filters)
-        if not found:
-            raise LabError(f"no container for service {service} in project {self.project}")
-        return found[0]
+        """The (single) container of `service`; raise LabError if there is not exactly one."""
+        return compose_container(self.docker, self.project, service)
 
     def exec(
         self, service: str, argv: Sequence[str], timeout: float = EXEC_TIMEOUT
@@ -211,10 +205,9 @@ class ComposeLab:
         if rc != 0:
             return False
         try:
-            links = json.loads(out)
+            return has_address(json.loads(out), VIP)
         except ValueError:
             return False
-        return any(info.get("local") == VIP for link in links for info in link.get("addr_info", ()))
 
     def vip_holders(self) -> list[str]:
         """The node services that have the VIP on eth0."""
