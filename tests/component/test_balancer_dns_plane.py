@@ -6,7 +6,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from hapair.balancer.dns import DnsDataPlane
 from hapair.balancer.plane import Member, Pool
 from hapair.config.balancer import Balancer
 from hapair.errors import BalancerError
+from hapair.lab.shell import wait_until
 
 
 def free_port() -> int:
@@ -76,15 +77,6 @@ def responder_pids(marker: Path) -> list[int]:
             except OSError:
                 continue
     return found
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return check()
 
 
 @pytest.fixture
@@ -147,7 +139,7 @@ def test_a_dead_responder_is_restarted_by_supervise(plane: DnsDataPlane, port: i
         plane.supervise(time.monotonic())
         return plane.status()["pid"] not in (None, old)
 
-    assert wait_until(restarted)
+    assert wait_until(restarted, timeout=5.0, step=0.02)
     assert plane.status()["starts"] == 2
     assert time.monotonic() - now < 3.0
     assert sorted(answer(port)) == ["10.0.0.21", "10.0.0.22"]
@@ -163,7 +155,9 @@ def test_a_dead_worker_is_replaced_by_the_manager(plane: DnsDataPlane, port: int
         lambda: (
             len(responder_pids(plane.config_path)) == 3
             and workers[0] not in responder_pids(plane.config_path)
-        )
+        ),
+        timeout=5.0,
+        step=0.02,
     )
     assert all(answer(port) == ["10.0.0.21"] for _ in range(6))
     assert plane.status()["pid"] == manager
@@ -175,7 +169,7 @@ def test_remove_from_a_fresh_instance_stops_every_process(tmp_path: Path, port: 
     assert len(responder_pids(run / "dns.json")) == 3
     fresh = DnsDataPlane(balancer(port), run_dir=run)
     assert fresh.remove() is True
-    assert wait_until(lambda: not responder_pids(run / "dns.json"), 3.0)
+    assert wait_until(lambda: not responder_pids(run / "dns.json"), timeout=3.0, step=0.02)
     assert fresh.remove() is False
     assert not list(run.iterdir())
 

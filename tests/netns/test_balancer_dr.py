@@ -20,6 +20,7 @@ import pytest
 from hapair.balancer.dr import DrRule, render_ruleset
 from hapair.lab import shell
 from hapair.lab.topology import LAN4, LAN6, VIP4, VIP6, Lab, mac
+from tests.netns import lab_http
 
 pytestmark = [
     pytest.mark.netns,
@@ -49,22 +50,6 @@ else:
     print(json.dumps({"changed": changed, **plane.status()}))
 """
 
-GET = """
-import socket, sys
-host, count, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-names = []
-for _ in range(count):
-    try:
-        with socket.create_connection((host, 8080), timeout=timeout) as s:
-            s.sendall(b"GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
-            data = b""
-            while chunk := s.recv(4096):
-                data += chunk
-        names.append(data.split(b"\\r\\n\\r\\n", 1)[1].decode().strip())
-    except (OSError, IndexError):
-        names.append("FAILED")
-print(" ".join(names))
-"""
 
 ECHO = """
 import socket, sys
@@ -161,7 +146,7 @@ def remove(lab: Lab, node: str) -> bool:
 
 
 def fetch(lab: Lab, count: int, host: str = VIP4, timeout: float = 1.0) -> list[str]:
-    return lab.python("c", ["-c", GET, host, str(count), str(timeout)], timeout=60).stdout.split()
+    return lab_http.fetch(lab, count, host=host, timeout=timeout, deadline=60)
 
 
 def nft_json(lab: Lab, host: str, *args: str) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ import pytest
 
 from hapair.lab.shell import wait_until
 from hapair.lab.topology import LAN4, VIP4, Lab
-from tests.netns.lab_http import fetch
+from tests.netns.lab_http import fetch, redirects
 
 pytestmark = [
     pytest.mark.netns,
@@ -100,22 +100,6 @@ while True:
     time.sleep({SLOW_SECONDS})
     c.sendall(b"HTTP/1.0 200 OK\\r\\nContent-Length: 5\\r\\nConnection: close\\r\\n\\r\\nslow\\n")
     c.close()
-"""
-
-# COUNT requests for /page?q=1 from the client, each on a new connection: status|Location.
-LOCATION = """
-import http.client, sys
-out = []
-for _ in range(int(sys.argv[2])):
-    try:
-        c = http.client.HTTPConnection(sys.argv[1], 8080, timeout=2)
-        c.request("GET", "/page?q=1")
-        r = c.getresponse()
-        out.append(f"{r.status}|{r.getheader('Location')}")
-        c.close()
-    except OSError:
-        out.append("FAILED")
-print(" ".join(out))
 """
 
 
@@ -352,25 +336,21 @@ def test_hot_standby_binds_the_vip_it_does_not_hold(
         lab.exec("c", ["ip", "neigh", "flush", "all"])
 
 
-def redirects(lab: Lab, count: int) -> list[str]:
-    return lab.python("c", ["-c", LOCATION, VIP4, str(count)]).stdout.split()
-
-
 def test_redirect_sends_the_client_to_a_backend_by_weight(
     plane: Callable[..., Driver], lab: Lab
 ) -> None:
     d = plane(balancer("redirect", "weighted"))
     assert d.apply((R1, 80, 2), (R2, 80, 1)) is True
-    answers = Counter(redirects(lab, 90))
+    answers = Counter(redirects(lab, 90, timeout=2))
     assert set(answers) <= {f"302|http://{R1}/page?q=1", f"302|http://{R2}/page?q=1"}, answers
     assert 45 <= answers[f"302|http://{R1}/page?q=1"] <= 75, answers  # 60 expected
 
     assert d.call("reconfigure", cfg=balancer("redirect", "rr")) is None
     assert d.apply((R1, 80, 1), (R2, 8080, 1)) is True
-    answers_rr = redirects(lab, 6)
+    answers_rr = redirects(lab, 6, timeout=2)
     assert set(answers_rr) == {f"302|http://{R1}/page?q=1", f"302|http://{R2}:8080/page?q=1"}
     assert all(x != y for x, y in itertools.pairwise(answers_rr))  # it rotates
 
     assert d.call("reconfigure", cfg=balancer("redirect", "source-hash")) is None
     assert d.apply((R1, 80, 1), (R2, 80, 1)) is True
-    assert len(set(redirects(lab, 20))) == 1
+    assert len(set(redirects(lab, 20, timeout=2))) == 1

@@ -24,7 +24,7 @@ import pytest
 from hapair.lab.nodes import Timers
 from hapair.lab.shell import wait_until
 from hapair.lab.topology import LAN4, VIP4, Lab
-from tests.netns.lab_http import fetch
+from tests.netns.lab_http import checked_pool, fetch, redirects
 
 pytestmark = [
     pytest.mark.netns,
@@ -36,20 +36,6 @@ PROBE_INTERVAL = 0.2
 FALL = 2
 NAMES = {LAN4["r1"]: "r1", LAN4["r2"]: "r2"}
 
-LOCATION = """
-import http.client, sys
-out = []
-for _ in range(int(sys.argv[2])):
-    try:
-        c = http.client.HTTPConnection(sys.argv[1], 8080, timeout=1)
-        c.request("GET", "/page?q=1")
-        r = c.getresponse()
-        out.append(f"{r.status}|{r.getheader('Location')}")
-        c.close()
-    except OSError:
-        out.append("FAILED")
-print(" ".join(out))
-"""
 
 DIG = """
 import sys, dns.message, dns.query, dns.rdatatype
@@ -84,7 +70,7 @@ def ask_dr(lab: Lab, count: int) -> list[str]:
 
 def ask_redirect(lab: Lab, count: int) -> list[str]:
     out = []
-    for answer in lab.python("c", ["-c", LOCATION, VIP4, str(count)]).stdout.split():
+    for answer in redirects(lab, count, timeout=1):
         status, _, location = answer.partition("|")
         host = location.removeprefix("http://").split("/")[0].split(":")[0]
         ok = status == "302" and location.endswith("/page?q=1")
@@ -114,21 +100,7 @@ kind = "{case.kind}"
 scheduler = "{scheduler}"
 listen = "{VIP4}:{case.port}"
 {case.table}
-[balancer.check]
-kind = "http"
-path = "/"
-interval = "{int(PROBE_INTERVAL * 1000)}ms"
-timeout = "150ms"
-rise = 1
-fall = {FALL}
-
-[[balancer.backend]]
-address = "{LAN4["r1"]}:80"
-weight = 2
-
-[[balancer.backend]]
-address = "{LAN4["r2"]}:80"
-"""
+""" + checked_pool(PROBE_INTERVAL, FALL)
 
 
 def backend_service(lab: Lab, host: str, case: Case, lan: bool = True) -> None:

@@ -8,14 +8,15 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from hapair.lab.events import Event
 from hapair.lab.nodes import Timers
+from hapair.lab.shell import wait_until
 from hapair.lab.topology import LAN4, VIP4, Lab
-from tests.netns.lab_http import fetch
+from tests.netns.lab_http import checked_pool, fetch
 
 pytestmark = [
     pytest.mark.netns,
@@ -34,30 +35,7 @@ mode = "MODE"
 listen = "{VIP4}:8080"
 masquerade = true
 
-[balancer.check]
-kind = "http"
-path = "/"
-interval = "{int(PROBE_INTERVAL * 1000)}ms"
-timeout = "150ms"
-rise = 1
-fall = {FALL}
-
-[[balancer.backend]]
-address = "{LAN4["r1"]}:80"
-weight = 2
-
-[[balancer.backend]]
-address = "{LAN4["r2"]}:80"
-"""
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / step) + 2):
-        if pred() or time.monotonic() >= deadline:
-            break
-        time.sleep(step)
-    return bool(pred())
+""" + checked_pool(PROBE_INTERVAL, FALL)
 
 
 def make(scheduler: str = "weighted", mode: str = "hot") -> Lab:
@@ -71,7 +49,7 @@ def make(scheduler: str = "weighted", mode: str = "hot") -> Lab:
             lab.exec(node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
         lab.hapair.start("a")
         lab.hapair.start("b")
-        assert wait_for(lambda: lab.vip_holders() == ["a"], 10)
+        assert wait_until(lambda: lab.vip_holders() == ["a"], timeout=10)
     except BaseException:
         lab.down()
         raise
@@ -99,7 +77,7 @@ def test_weighted_spread_then_a_dead_backend_leaves_and_returns(lab: Lab) -> Non
     def downs() -> list[Event]:
         return [e for e in lab.hapair.events() if e.name == "backend_down" and e.node == "a"]
 
-    assert wait_for(lambda: bool(downs()), FALL * PROBE_INTERVAL + 2.0)
+    assert wait_until(lambda: bool(downs()), timeout=FALL * PROBE_INTERVAL + 2.0)
     assert downs()[0].ts - t0 <= FALL * PROBE_INTERVAL + 1.0
     assert downs()[0].fields["backend"] == f"{LAN4['r1']}:80"
     assert set(fetch(lab, 10)) == {"r2"}  # no client request fails once it is out
@@ -109,8 +87,9 @@ def test_weighted_spread_then_a_dead_backend_leaves_and_returns(lab: Lab) -> Non
     # The backend recovers: after `rise` good probes it is back in the pool.
     argv = [sys.executable, "-m", "hapair.lab.service", "--name", "r1", "--vip", LAN4["r1"]]
     lab.spawn("service-r1", "r1", argv, stdout=subprocess.DEVNULL)
-    assert wait_for(
-        lambda: any(e.name == "backend_up" and e.node == "a" for e in lab.hapair.events()), 5
+    assert wait_until(
+        lambda: any(e.name == "backend_up" and e.node == "a" for e in lab.hapair.events()),
+        timeout=5,
     )
     assert Counter(fetch(lab, 30)) == {"r1": 20, "r2": 10}
 
@@ -119,7 +98,7 @@ def test_failover_keeps_the_service_answering(lab: Lab) -> None:
     assert "fib daddr type local" in nft_table(lab, "b")  # hot: b has the rules already
     lab.hapair.kill("a")
     lab.set_host_links("a", up=False)
-    assert wait_for(lambda: lab.has_vip("b"), 5)
+    assert wait_until(lambda: lab.has_vip("b"), timeout=5)
     assert set(fetch(lab, 6)) == {"r1", "r2"}
 
 
@@ -139,7 +118,7 @@ def test_cold_mode_loads_the_rules_on_the_master_only() -> None:
         assert "hapair" in nft_table(lab, "a") and nft_table(lab, "b") == ""
         assert sorted(set(fetch(lab, 4))) == ["r1", "r2"]
         lab.hapair.terminate("a")  # graceful: b takes over and starts its balancer first
-        assert wait_for(lambda: lab.has_vip("b") and "hapair" in nft_table(lab, "b"), 5)
+        assert wait_until(lambda: lab.has_vip("b") and "hapair" in nft_table(lab, "b"), timeout=5)
         assert sorted(set(fetch(lab, 4))) == ["r1", "r2"]
     finally:
         lab.down()

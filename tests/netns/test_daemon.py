@@ -14,12 +14,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from hapair.core.roles import Role
 from hapair.lab.nodes import Timers
+from hapair.lab.shell import wait_until
 from hapair.lab.topology import HB4, LAN4, VIP4, VIP6, Lab
 from hapair.wire.heartbeat import Heartbeat, cluster_id, encode, vip_digest
 
@@ -29,18 +30,6 @@ pytestmark = [
 ]
 
 FAST = Timers(interval=0.05, dead_after=4)
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
-    """Poll ``pred`` until true or ``timeout`` seconds pass (bounded count too)."""
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / step) + 2):
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(step)
-    return bool(pred())
 
 
 _counter = iter(range(1000))
@@ -81,7 +70,9 @@ def events(lab: Lab, name: str, node: str | None = None) -> list[dict[str, objec
 def start_pair(lab: Lab) -> None:
     lab.hapair.start("a")
     lab.hapair.start("b")
-    assert wait_for(lambda: lab.vip_holders() == ["a"] and role(lab, "b") == "BACKUP", 10)
+    assert wait_until(
+        lambda: lab.vip_holders() == ["a"] and role(lab, "b") == "BACKUP", timeout=10, step=0.02
+    )
 
 
 def add_track(lab: Lab, node: str, track: str) -> None:
@@ -103,24 +94,26 @@ def set_preempt(lab: Lab, node: str, on: bool) -> None:
 
 def test_stale_vip_from_a_crashed_run_is_removed_at_start(lab: Lab) -> None:
     lab.hapair.start("a")
-    assert wait_for(lambda: lab.vip_holders() == ["a"], 10)
+    assert wait_until(lambda: lab.vip_holders() == ["a"], timeout=10, step=0.02)
     lab.exec("b", ["ip", "addr", "add", f"{VIP4}/24", "dev", "eth0"])  # what a crash leaves
     lab.hapair.start("b")
-    assert wait_for(lambda: lab.vip_holders() == ["a"], 5)
+    assert wait_until(lambda: lab.vip_holders() == ["a"], timeout=5, step=0.02)
     assert events(lab, "stale_vip_removed", "b")
-    assert wait_for(lambda: role(lab, "b") == "BACKUP", 5)
+    assert wait_until(lambda: role(lab, "b") == "BACKUP", timeout=5, step=0.02)
 
 
 def test_vip_removed_behind_the_daemons_back_is_restored(lab: Lab) -> None:
     start_pair(lab)
     lab.exec("a", ["ip", "addr", "del", f"{VIP4}/24", "dev", "eth0"])
-    assert wait_for(lambda: lab.has_vip("a") and bool(events(lab, "vip_restored", "a")), 5)
+    assert wait_until(
+        lambda: lab.has_vip("a") and bool(events(lab, "vip_restored", "a")), timeout=5, step=0.02
+    )
     assert events(lab, "vip_removed_externally", "a")
 
 
 def test_release_removes_vips_and_is_idempotent(lab: Lab) -> None:
     lab.hapair.start("a")
-    assert wait_for(lambda: lab.has_vip("a"), 10)
+    assert wait_until(lambda: lab.has_vip("a"), timeout=10, step=0.02)
     refused = hapair_in(lab, "a", "release", "-c", str(lab.hapair.config_path("a")))
     assert refused.returncode == 1 and "is running" in refused.stderr
     assert lab.has_vip("a")
@@ -143,11 +136,11 @@ def test_restarted_higher_node_preempts_only_when_allowed(preempt: bool) -> None
         for node in ("a", "b"):
             set_preempt(lab, node, preempt)
         lab.hapair.start("b")
-        assert wait_for(lambda: lab.vip_holders() == ["b"], 10)
+        assert wait_until(lambda: lab.vip_holders() == ["b"], timeout=10, step=0.02)
         lab.hapair.start("a")  # priority 150 > 100
         if preempt:
-            assert wait_for(lambda: lab.vip_holders() == ["a"], 5)
-            assert wait_for(lambda: role(lab, "b") == "BACKUP", 5)
+            assert wait_until(lambda: lab.vip_holders() == ["a"], timeout=5, step=0.02)
+            assert wait_until(lambda: role(lab, "b") == "BACKUP", timeout=5, step=0.02)
         else:
             time.sleep(10 * FAST.interval * FAST.dead_after)
             assert lab.vip_holders() == ["b"]
@@ -157,7 +150,7 @@ def test_restarted_higher_node_preempts_only_when_allowed(preempt: bool) -> None
 def test_ipv6_vip_fails_over_and_unsolicited_na_moves_the_client() -> None:
     with make_lab(timers=FAST, ipv6=True) as lab:
         start_pair(lab)
-        assert wait_for(lambda: lab.has_vip("a", VIP6), 5)
+        assert wait_until(lambda: lab.has_vip("a", VIP6), timeout=5, step=0.02)
         poke = (
             "import socket;s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM);"
             f"s.sendto(b'x',('{VIP6}',9))"
@@ -171,12 +164,12 @@ def test_ipv6_vip_fails_over_and_unsolicited_na_moves_the_client() -> None:
 
         mac_a = json.loads(lab.exec("a", ["ip", "-j", "link", "show", "eth0"]).stdout)[0]["address"]
         mac_b = json.loads(lab.exec("b", ["ip", "-j", "link", "show", "eth0"]).stdout)[0]["address"]
-        assert wait_for(lambda: client_mac() == mac_a, 5)
+        assert wait_until(lambda: client_mac() == mac_a, timeout=5, step=0.02)
         lab.hapair.kill("a")
         lab.set_host_links("a", up=False)  # a dead host: it cannot answer anything
-        assert wait_for(lambda: lab.has_vip("b", VIP6), 5)
+        assert wait_until(lambda: lab.has_vip("b", VIP6), timeout=5, step=0.02)
         # The client sent nothing: only the unsolicited NA can have updated its cache.
-        assert wait_for(lambda: client_mac() == mac_b, 3)
+        assert wait_until(lambda: client_mac() == mac_b, timeout=3, step=0.02)
 
 
 # -- authentication and replay ----------------------------------------------------------------
@@ -240,7 +233,7 @@ def test_missing_interface_is_a_config_error_naming_the_key(lab: Lab) -> None:
 
 def test_second_daemon_for_the_same_node_fails_and_leaves_the_first_alone(lab: Lab) -> None:
     lab.hapair.start("a")
-    assert wait_for(lambda: lab.has_vip("a"), 10)
+    assert wait_until(lambda: lab.has_vip("a"), timeout=10, step=0.02)
     proc = hapair_in(lab, "a", "run", "-c", str(lab.hapair.config_path("a")))
     assert proc.returncode == 1
     assert "cluster.port" in proc.stderr and "in use" in proc.stderr
@@ -264,7 +257,7 @@ def test_sigterm_on_master_hands_over_without_loss_and_exits_quickly(lab: Lab) -
     lab.hapair.terminate("a")
     took = time.monotonic() - t0
     assert took < 1.5  # the daemon exits within 1 s (plus process start-up slack)
-    assert wait_for(lambda: lab.vip_holders() == ["b"], 2)
+    assert wait_until(lambda: lab.vip_holders() == ["b"], timeout=2, step=0.02)
     reasons = [e.get("reason") for e in events(lab, "role_changed", "b")]
     assert "peer_resigned" in reasons
 
@@ -306,11 +299,11 @@ def test_failing_track_lowers_priority_and_the_peer_preempts(lab: Lab) -> None:
     )
     start_pair(lab)
     flag.unlink()  # a: 150 - 60 = 90 < b's 100
-    assert wait_for(lambda: lab.vip_holders() == ["b"], 5)
+    assert wait_until(lambda: lab.vip_holders() == ["b"], timeout=5, step=0.02)
     status = lab.hapair.status("a")
     assert status is not None and status["priority"] == {"base": 150, "effective": 90}
     flag.touch()  # recovered: a preempts back
-    assert wait_for(lambda: lab.vip_holders() == ["a"], 5)
+    assert wait_until(lambda: lab.vip_holders() == ["a"], timeout=5, step=0.02)
 
 
 def test_foreign_arp_claim_is_answered_with_a_fresh_announcement(lab: Lab) -> None:
@@ -326,7 +319,7 @@ def test_foreign_arp_claim_is_answered_with_a_fresh_announcement(lab: Lab) -> No
         "s.send(binascii.unhexlify(sys.argv[1]))\n"
     )
     lab.exec("r1", [sys.executable, "-c", code, frame.hex()])
-    assert wait_for(lambda: bool(events(lab, "vip_conflict", "a")), 3)
+    assert wait_until(lambda: bool(events(lab, "vip_conflict", "a")), timeout=3, step=0.02)
     conflict = events(lab, "vip_conflict", "a")[0]
     assert conflict["mac"] == "02:00:00:ba:d0:01"
     bursts = [e for e in events(lab, "garp_sent", "a") if e["burst"] == "conflict"]
@@ -340,12 +333,12 @@ def test_sighup_reload_applies_a_valid_file_and_keeps_the_old_on_error(lab: Lab)
     good = cfg.read_text()
     cfg.write_text(good.replace("priority = 150", "priority = 120"))
     os.kill(lab.hapair.pids("a")[0], signal.SIGHUP)
-    assert wait_for(lambda: bool(events(lab, "config_reloaded", "a")), 3)
+    assert wait_until(lambda: bool(events(lab, "config_reloaded", "a")), timeout=3, step=0.02)
     status = lab.hapair.status("a")
     assert status is not None and status["priority"]["base"] == 120  # type: ignore[index]
     cfg.write_text(good.replace("priority = 150", "priority = 999"))
     os.kill(lab.hapair.pids("a")[0], signal.SIGHUP)
-    assert wait_for(lambda: bool(events(lab, "config_reload_failed", "a")), 3)
+    assert wait_until(lambda: bool(events(lab, "config_reload_failed", "a")), timeout=3, step=0.02)
     assert "node.priority" in str(events(lab, "config_reload_failed", "a")[0]["error"])
     status = lab.hapair.status("a")
     assert status is not None and status["priority"]["base"] == 120  # type: ignore[index]
@@ -375,7 +368,7 @@ def test_peer_is_alive_while_any_link_carries_heartbeats(lab: Lab) -> None:
         assert isinstance(peers, list) and peers
         return dict(peers[0]["links"])
 
-    assert wait_for(lambda: set(links_of_a()) == {LAN4["a"], HB4["a"]}, 3)
+    assert wait_until(lambda: set(links_of_a()) == {LAN4["a"], HB4["a"]}, timeout=3, step=0.02)
     # Cut the direct cable: the LAN still carries heartbeats, so nothing fails over.
     lab.exec("a", ["ip", "link", "set", "eth1", "down"])
     time.sleep(3 * FAST.dead_time)
@@ -433,11 +426,11 @@ def test_tracked_interface_and_gateway_lower_the_priority(
         )
         start_pair(lab)
         lab.exec(break_it[0], break_it[1:])  # a: 150 - 60 = 90 < b's 100
-        assert wait_for(lambda: lab.vip_holders() == ["b"], 5)
+        assert wait_until(lambda: lab.vip_holders() == ["b"], timeout=5, step=0.02)
         status = lab.hapair.status("a")
         assert status is not None and status["priority"] == {"base": 150, "effective": 90}
         lab.exec(mend_it[0], mend_it[1:])
-        assert wait_for(lambda: lab.vip_holders() == ["a"], 5)
+        assert wait_until(lambda: lab.vip_holders() == ["a"], timeout=5, step=0.02)
 
 
 def test_reload_adds_and_drops_vips_without_touching_the_others(lab: Lab) -> None:
@@ -451,19 +444,21 @@ def test_reload_adds_and_drops_vips_without_touching_the_others(lab: Lab) -> Non
         )
     )
     os.kill(lab.hapair.pids("a")[0], signal.SIGHUP)
-    assert wait_for(lambda: lab.has_vip("a", extra), 3)
+    assert wait_until(lambda: lab.has_vip("a", extra), timeout=3, step=0.02)
     assert lab.has_vip("a", VIP4)
     assert not [e for e in events(lab, "vip_released", "a")]  # the first VIP never blinked
-    assert wait_for(lambda: bool(events(lab, "vip_set_mismatch", "b")), 3)  # b has the old set
+    assert wait_until(
+        lambda: bool(events(lab, "vip_set_mismatch", "b")), timeout=3, step=0.02
+    )  # b has the old set
     cfg.write_text(original)
     os.kill(lab.hapair.pids("a")[0], signal.SIGHUP)
-    assert wait_for(lambda: not lab.has_vip("a", extra), 3)
+    assert wait_until(lambda: not lab.has_vip("a", extra), timeout=3, step=0.02)
     assert lab.has_vip("a", VIP4)
     released = events(lab, "vip_released", "a")
     assert [e["vip"] for e in released] == [f"{extra}/24"]
     # A new interface needs a restart: refused, old configuration kept.
     cfg.write_text(original.replace('interface = "eth0"', 'interface = "eth1"'))
     os.kill(lab.hapair.pids("a")[0], signal.SIGHUP)
-    assert wait_for(lambda: bool(events(lab, "config_reload_failed", "a")), 3)
+    assert wait_until(lambda: bool(events(lab, "config_reload_failed", "a")), timeout=3, step=0.02)
     assert "vip[*].interface" in str(events(lab, "config_reload_failed", "a")[0]["error"])
     assert lab.has_vip("a", VIP4)

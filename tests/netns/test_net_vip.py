@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from hapair.errors import VipError
+from hapair.lab import shell
 from hapair.net.garp import Announcer, build_arp, build_unsolicited_na
 from hapair.net.vip import Vip, VipManager
 from hapair.net.watch import (
@@ -93,14 +94,8 @@ def sysctl(ns: str, *settings: str) -> None:
 
 def wait_for(what: str, probe: Callable[[], bool], timeout: float = 3.0) -> None:
     """Poll `probe` until it holds; bounded in both time and attempts."""
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / 0.02) + 1):
-        if probe():
-            return
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    if not shell.wait_until(probe, timeout=timeout, step=0.02):
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def neighbour(lab: Lab, ip: str) -> dict[str, Any] | None:

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from hapair.balancer.process import (
     stop_from_pidfile,
 )
 from hapair.errors import BalancerError
+from hapair.lab.shell import wait_until
 
 # -- the restart rule (pure) -------------------------------------------------------------------
 
@@ -100,15 +100,6 @@ time.sleep(60)
 """
 
 
-def wait_for(pred: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
-
-
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -150,9 +141,9 @@ def test_a_dead_child_is_restarted_then_given_up_on(
     first = sup.pid
     assert first is not None and sup.pidfile.read_text() == f"{first}\n"
     assert sup.supervise(100.0) == pytest.approx(100.25)  # alive: look again soon
-    assert wait_for(lambda: "child started" in sup.stderr_tail)
+    assert wait_until(lambda: "child started" in sup.stderr_tail, timeout=5.0, step=0.01)
     os.kill(first, signal.SIGKILL)
-    assert wait_for(lambda: not sup.running)
+    assert wait_until(lambda: not sup.running, timeout=5.0, step=0.01)
     assert sup.supervise(100.0) == pytest.approx(100.1)  # the first backoff
     assert events[-1][0] == "balancer_process_died" and events[-1][1]["status"] == -9
     assert "child started" in events[-1][1]["stderr"]
@@ -162,7 +153,7 @@ def test_a_dead_child_is_restarted_then_given_up_on(
     assert sup.running and sup.pid not in (None, first)
     assert sup.status()["restarts"] == 1 and sup.status()["starts"] == 2
     os.kill(sup.pid or 0, signal.SIGKILL)
-    assert wait_for(lambda: not sup.running)
+    assert wait_until(lambda: not sup.running, timeout=5.0, step=0.01)
     with pytest.raises(BalancerError, match=r"died 2 times within 60 s .* giving up"):
         sup.supervise(101.0)
     assert sup.supervise(200.0) is None and sup.status()["pid"] is None
@@ -174,13 +165,13 @@ def test_the_dead_leaders_group_is_killed_too(
     sup, _ = child("grandchild")
     sup.start()
     out = tmp_path / "out"
-    assert wait_for(lambda: out.exists() and out.read_text().isdigit())
+    assert wait_until(lambda: out.exists() and out.read_text().isdigit(), timeout=5.0, step=0.01)
     grandchild = int(out.read_text())
     assert alive(grandchild)
     os.kill(sup.pid or 0, signal.SIGKILL)  # an nginx master dying leaves its workers
-    assert wait_for(lambda: not sup.running)
+    assert wait_until(lambda: not sup.running, timeout=5.0, step=0.01)
     sup.supervise(0.0)
-    assert wait_for(lambda: not alive(grandchild))
+    assert wait_until(lambda: not alive(grandchild), timeout=5.0, step=0.01)
 
 
 def test_a_chatty_child_never_blocks_on_its_stderr(
@@ -188,8 +179,9 @@ def test_a_chatty_child_never_blocks_on_its_stderr(
 ) -> None:
     sup, _ = child("chatty")
     sup.start()
-    assert wait_for(lambda: (tmp_path / "out").exists())  # nobody called supervise meanwhile
-    assert wait_for(lambda: sup.stderr_tail.endswith("last words\n"))
+    # Nobody calls supervise meanwhile.
+    assert wait_until(lambda: (tmp_path / "out").exists(), timeout=5.0, step=0.01)
+    assert wait_until(lambda: sup.stderr_tail.endswith("last words\n"), timeout=5.0, step=0.01)
     assert len(sup.stderr_tail) <= 4096
 
 
@@ -208,7 +200,7 @@ def test_a_reload_signal_waits_for_the_handler(
     sup, _ = child("late-handler")
     sup.start()
     sup.signal(signal.SIGHUP)  # sent at once, SIGHUP's default action would kill it
-    assert wait_for(lambda: (tmp_path / "out").exists())
+    assert wait_until(lambda: (tmp_path / "out").exists(), timeout=5.0, step=0.01)
     assert sup.running
     plain, _ = child()
     plain.start()
@@ -237,7 +229,7 @@ def test_stop_from_a_pid_file_stops_our_child(
     pid = sup.pid or 0
     # A fresh Supervised (after a daemon restart) finds the child through the pid file.
     assert stop_from_pidfile(sup.pidfile, sup.marker, signal.SIGTERM, 1.0) is True
-    assert wait_for(lambda: not alive(pid))
+    assert wait_until(lambda: not alive(pid), timeout=5.0, step=0.01)
     assert not sup.pidfile.exists()
 
 
@@ -247,12 +239,12 @@ def test_a_start_after_an_unnoticed_death_clears_the_old_group(
     sup, _ = child("grandchild")
     sup.start()
     out = tmp_path / "out"
-    assert wait_for(lambda: out.exists() and out.read_text().isdigit())
+    assert wait_until(lambda: out.exists() and out.read_text().isdigit(), timeout=5.0, step=0.01)
     grandchild = int(out.read_text())
     old = sup.pid or 0
     os.kill(old, signal.SIGKILL)
-    assert wait_for(lambda: not sup.running)
+    assert wait_until(lambda: not sup.running, timeout=5.0, step=0.01)
     out.unlink()
     sup.start()  # a pool change came before supervise saw the death
-    assert wait_for(lambda: not alive(grandchild))
+    assert wait_until(lambda: not alive(grandchild), timeout=5.0, step=0.01)
     assert sup.running and sup.pid != old and sup.last_exit == -9
