@@ -266,6 +266,14 @@ class PeerFinder:
         self._seen.pop(name, None)
         self._expire(now)
 
+    def take_at(self, changes: Iterable[tuple[str, Sighting | None]], now: float) -> None:
+        """What discovery saw since the last call: a sighting per name, None for a goodbye."""
+        for name, sighting in changes:
+            if sighting is None:
+                self.forget_at(name, now)
+            else:
+                self.observe_at(sighting, now)
+
     # -- answers -------------------------------------------------------------------------
 
     def nodes_at(self, now: float, cluster: str | None = None) -> list[Seen]:

@@ -378,9 +378,5 @@ def browse(
     finally:
         zc.close()
     now = time.monotonic()
-    for name, sighting in watch.drain():
-        if sighting is None:
-            finder.forget_at(name, now)
-        else:
-            finder.observe_at(sighting, now)
+    finder.take_at(watch.drain(), now)
     return finder.nodes_at(now, cluster)

@@ -64,11 +64,7 @@ class PeerFeed:
 
     def poll(self, cluster: str, now: float) -> Seen | None:
         """Take in what discovery saw since the last call; the peer of ``cluster`` now."""
-        for name, sighting in self.watch.drain():
-            if sighting is None:
-                self.finder.forget_at(name, now)
-            else:
-                self.finder.observe_at(sighting, now)
+        self.finder.take_at(self.watch.drain(), now)
         return self.finder.peer_of_at(cluster, now)
 
 

@@ -91,11 +91,7 @@ def child_watch(args: argparse.Namespace) -> None:
         woken.wait(0.2)
         woken.clear()
         now = time.monotonic()
-        for name, sighting in watch.drain():
-            if sighting is None:
-                finder.forget_at(name, now)
-            else:
-                finder.observe_at(sighting, now)
+        finder.take_at(watch.drain(), now)
         if args.node:
             peer = finder.peer_of_at(args.cluster, now)
             state: object = peer.as_dict() if peer else None

@@ -192,6 +192,15 @@ def test_forget_and_ttl_cap() -> None:
     assert finder.nodes_at(1.0) == []
 
 
+def test_take_at_observes_sightings_and_forgets_goodbyes() -> None:
+    finder = PeerFinder()
+    finder.take_at([(f"web-lb1.{SERVICE_TYPE}", sighting(A, "10.0.0.1"))], 0.0)
+    finder.take_at([(f"web-lb2.{SERVICE_TYPE}", sighting(B, "10.0.0.2"))], 1.0)
+    assert [s.record.node for s in finder.nodes_at(1.0)] == ["lb1", "lb2"]
+    finder.take_at([(f"web-lb1.{SERVICE_TYPE}", None)], 2.0)
+    assert [s.record.node for s in finder.nodes_at(2.0)] == ["lb2"]
+
+
 def test_malformed_is_ignored_logged_once_and_counted() -> None:
     log = Recorder()
     finder = PeerFinder(log=log)
