@@ -158,6 +158,7 @@ class ContainerEvents:
             raw = self.container.logs(stdout=True, stderr=True, since=since, stream=False)
             self._since = polled
             text = raw.decode(errors="replace") if isinstance(raw, bytes) else ""
+            known = len(self._events)
             for line in text.splitlines():
                 if line in self._seen or len(self._events) >= MAX_EVENTS:
                     continue
@@ -165,7 +166,8 @@ class ContainerEvents:
                 if ev is not None:
                     self._seen.add(line)
                     self._events.append(ev)
-            self._events.sort(key=lambda e: e.ts)
+            if len(self._events) > known:
+                self._events.sort(key=lambda e: e.ts)
         return list(self._events)
 
 
@@ -200,18 +202,22 @@ class DockerPair:
         with self._lock:
             return self._logs[node].events()
 
+    def _live_events(self, node: str) -> list[Event] | None:
+        """`node`'s events while its daemon is alive (container up, daemon not exited)."""
+        if self.state(node) not in ("running", "paused"):
+            return None
+        events = self._node_events(node)
+        last = [e for e in events if e.name in ("daemon_started", "daemon_exited")]
+        return events if last and last[-1].name == "daemon_started" else None
+
     def running(self, node: str) -> bool:
         """Return whether `node`'s daemon is alive: container up and the daemon not exited."""
-        if self.state(node) not in ("running", "paused"):
-            return False
-        last = [e for e in self._node_events(node) if e.name in ("daemon_started", "daemon_exited")]
-        return bool(last) and last[-1].name == "daemon_started"
+        return self._live_events(node) is not None
 
     def role(self, node: str) -> str | None:
         """Return `node`'s role per its log (None when the daemon or container is down)."""
-        if not self.running(node):
-            return None
-        return current_role(self._node_events(node))
+        events = self._live_events(node)
+        return None if events is None else current_role(events)
 
     def pids(self, node: str) -> list[int]:
         """Return no host pids: the daemons live in containers (faults go through Docker)."""
