@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from hapair.lab.dockerbed import CONFIG, PROJECT_LABEL, compose_container
+from hapair.lab.events import parse_json_line
 from hapair.lab.shell import LabError, has_address, wait_until
 
 REPO: Final = Path(__file__).resolve().parents[2]
@@ -185,17 +186,12 @@ class ComposeLab:
 
     def events(self, service: str, name: str | None = None) -> list[dict[str, Any]]:
         """The JSON log lines of `service` (only those whose event is `name`, when given)."""
-        found = []
-        for line in self.logs_text(service).splitlines():
-            if not line.startswith("{"):
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict) and (name is None or event.get("event") == name):
-                found.append(event)
-        return found
+        parsed = (parse_json_line(service, line) for line in self.logs_text(service).splitlines())
+        return [
+            {"event": ev.name, "ts": ev.ts, **ev.fields}
+            for ev in parsed
+            if ev is not None and (name is None or ev.name == name)
+        ]
 
     # --- the pair and the site --------------------------------------------------------------
 
