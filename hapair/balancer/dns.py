@@ -24,7 +24,7 @@ from typing import Any, Final
 from hapair.balancer.dnsanswer import Zone
 from hapair.balancer.dnsserver import ServerConfig, parse_config
 from hapair.balancer.plane import Pool, endpoint_name
-from hapair.balancer.process import Supervised, stop_from_pidfile
+from hapair.balancer.process import Supervised, command_line, stop_from_pidfile
 from hapair.config.balancer import Balancer, DnsOptions
 from hapair.errors import BalancerError
 from hapair.net.freebind import freebind
@@ -110,10 +110,9 @@ class DnsDataPlane:
     def _ours_running(self) -> bool:
         try:
             pid = int((self.run_dir / "dns.pid").read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             return False
-        return str(self.config_path).encode() in cmdline
+        return str(self.config_path).encode() in command_line(pid)
 
     def reconfigure(self, cfg: Balancer) -> None:
         """New names, ttl, scheduler or workers for the next ``apply`` (``listen`` is fixed)."""

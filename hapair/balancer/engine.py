@@ -34,7 +34,7 @@ from typing import Any, Final, Literal
 
 from hapair.balancer import haproxyconf, nginxconf
 from hapair.balancer.plane import IpAddress, Pool, endpoint_name
-from hapair.balancer.process import RestartPolicy, Supervised, stop_from_pidfile
+from hapair.balancer.process import RestartPolicy, Supervised, command_line, stop_from_pidfile
 from hapair.config.balancer import Balancer
 from hapair.errors import BalancerError
 from hapair.net.freebind import freebind
@@ -457,10 +457,9 @@ class EngineDataPlane:
         for pidfile in (self.process.pidfile, self.engine_pidfile):
             try:
                 pid = int(pidfile.read_text().strip())
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except (OSError, ValueError):
                 continue
-            if str(self.conf).encode() in cmdline:
+            if str(self.conf).encode() in command_line(pid):
                 return True
         return False
 

@@ -46,6 +46,9 @@ STDERR_TAIL: Final = 4096
 STDERR_FLUSH: Final = 0.5
 #: How long ``signal`` waits for the child to install its handler (sent too early, it kills).
 HANDLER_WAIT: Final = 2.0
+#: How long a live pid's command line may read empty before the pid is judged not ours
+#: (it does, for a moment, inside execve: setpriv, then the engine).
+EXEC_SETTLE: Final = 0.5
 
 
 @dataclass
@@ -79,6 +82,20 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def command_line(
+    pid: int, settle: float = EXEC_SETTLE, read: Callable[[int], bytes] = _cmdline
+) -> bytes:
+    """``pid``'s command line, waiting (bounded) while it reads empty on a live process.
+
+    The kernel shows an empty command line for a moment inside execve (the new image's
+    arguments are not placed yet); a child just started through setpriv is often there.
+    """
+    deadline = time.monotonic() + settle
+    while not (line := read(pid)) and _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return line
 
 
 def _alive(pid: int) -> bool:
@@ -134,7 +151,7 @@ def stop_pid(
 
     After ``timeout`` it is killed, with the rest of its process group if it leads one.
     """
-    if marker.encode() not in _cmdline(pid):
+    if marker.encode() not in command_line(pid):
         return False
     leader = _group_leader(pid)
     with contextlib.suppress(ProcessLookupError):

@@ -15,7 +15,9 @@ import pytest
 from hapair.balancer.process import (
     RestartPolicy,
     Supervised,
+    _with_pdeathsig,
     caught_signals,
+    command_line,
     stop_from_pidfile,
 )
 from hapair.errors import BalancerError
@@ -248,3 +250,42 @@ def test_a_start_after_an_unnoticed_death_clears_the_old_group(
     sup.start()  # a pool change came before supervise saw the death
     assert wait_until(lambda: not alive(grandchild), timeout=5.0, step=0.01)
     assert sup.running and sup.pid != old and sup.last_exit == -9
+
+
+def test_a_command_line_read_inside_execve_is_waited_for() -> None:
+    reads = iter([b"", b"", b"nginx -c /run/hapair/nginx.conf\0"])
+    line = command_line(os.getpid(), settle=5.0, read=lambda _pid: next(reads))
+    assert line == b"nginx -c /run/hapair/nginx.conf\0"
+
+
+def test_an_empty_command_line_is_waited_for_only_so_long() -> None:
+    calls: list[int] = []
+
+    def empty(pid: int) -> bytes:
+        calls.append(pid)
+        return b""
+
+    assert command_line(os.getpid(), settle=0.05, read=empty) == b""
+    assert 1 < len(calls) < 1000  # it retried, and it stopped
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait(timeout=5)
+    calls.clear()
+    assert command_line(dead.pid, settle=5.0, read=empty) == b""
+    assert len(calls) == 1  # nothing is running there: no wait
+
+
+def test_a_child_just_started_through_setpriv_is_recognised() -> None:
+    # Found by CI: the marker check read the command line while the child was between
+    # setpriv's exec and the program's, saw nothing, and left the child running.
+    misses = 0
+    for _ in range(150):
+        proc = subprocess.Popen(
+            _with_pdeathsig([sys.executable, "-c", "import time; time.sleep(30)", "hp-marker"]),
+            start_new_session=True,
+        )
+        try:
+            misses += b"hp-marker" not in command_line(proc.pid)
+        finally:
+            proc.kill()
+            proc.wait(timeout=5)
+    assert misses == 0
