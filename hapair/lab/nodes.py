@@ -145,7 +145,7 @@ class HapairPair(LogReadingPair):
 
     def config_text(self, node: str) -> str:
         """Return the TOML configuration of `node`."""
-        from hapair.lab.topology import HB4, LAN4, VIP4, VIP6
+        from hapair.lab.topology import VIP4, VIP6
 
         peer = PEER[node]
         t = self.timers
@@ -156,7 +156,7 @@ class HapairPair(LogReadingPair):
             f'[node]\nname = "{node}"\npriority = {PRIORITY[node]}\n\n'
             f'[cluster]\nname = "lab-{self.lab.prefix}"\n'
             f'secret_file = "{self.lab.dir / "secret"}"\n'
-            f"peers = {_toml_list([LAN4[peer], HB4[peer]])}\n"
+            f"peers = {_toml_list(self.lab.peer_addresses(peer))}\n"
             f'port = 694\ninterval = "{format_duration(t.interval)}"\n'
             f"dead_after = {t.dead_after}\npreempt = true\n"
             f'preempt_delay = "{format_duration(t.preempt_delay)}"\n\n'

@@ -1,10 +1,12 @@
-"""A failover lab on one machine: five hosts and a switch, each in its own network namespace.
+"""A failover lab on one machine: six hosts and a switch, each in its own network namespace.
 
 Layout (prefix ``p``): ``p-sw`` holds bridge br0; hosts ``p-a`` and ``p-b`` (the pair),
-``p-c`` (client), ``p-r1`` and ``p-r2`` (backends) each have ``eth0`` on 10.77.0.0/24 and
-fd77::/64, plugged into br0. A and B also share a direct heartbeat cable ``eth1``
-(192.168.77.1/30 <-> .2/30). Veths are created straight inside the namespaces, so nothing
-touches the root namespace; down() deletes every namespace carrying the prefix.
+``p-c`` (client), ``p-r1`` and ``p-r2`` (backends) and ``p-x`` (an attacker on the LAN, for
+floods and forged packets) each have ``eth0`` on 10.77.0.0/24 and fd77::/64, plugged into br0.
+A and B also share a direct heartbeat cable ``eth1`` (192.168.77.1/30 <-> .2/30) unless the lab
+is built with ``direct_cable=False`` (a pair with a single heartbeat link).
+Veths are created straight inside the namespaces, so nothing touches the root namespace;
+down() deletes every namespace carrying the prefix.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from hapair.lab.shell import LabError
 Handler = Callable[[int, FrameType | None], object] | int | None
 
 NODES: Final = ("a", "b")
-HOSTS: Final = ("a", "b", "c", "r1", "r2")
+HOSTS: Final = ("a", "b", "c", "r1", "r2", "x")
 SWITCH: Final = "sw"
 LAN4: Final = {
     "a": "10.77.0.11",
@@ -43,6 +45,7 @@ LAN4: Final = {
     "c": "10.77.0.100",
     "r1": "10.77.0.21",
     "r2": "10.77.0.22",
+    "x": "10.77.0.66",
 }
 LAN6: Final = {h: f"fd77::{v.rsplit('.', 1)[1]}" for h, v in LAN4.items()}
 HB4: Final = {"a": "192.168.77.1", "b": "192.168.77.2"}
@@ -138,9 +141,11 @@ class Lab:
         timers: Timers | None = None,
         ipv6: bool = False,
         services: bool = True,
+        direct_cable: bool = True,
     ) -> None:
         self.prefix = check_prefix(prefix)
         self.ipv6 = ipv6
+        self.direct_cable = direct_cable
         self.services = services
         self.dir = Path()
         self.procs: dict[str, Proc] = {}
@@ -151,7 +156,7 @@ class Lab:
     # ---------------------------------------------------------------- naming ------------------
 
     def ns(self, host: str) -> str:
-        """Return the namespace name of `host` ("a", "b", "c", "r1", "r2" or "sw")."""
+        """Return the namespace name of `host` ("a", "b", "c", "r1", "r2", "x" or "sw")."""
         if host not in (*HOSTS, SWITCH):
             raise LabError(f"no host {host!r} in the lab")
         return f"{self.prefix}-{host}"
@@ -271,6 +276,8 @@ class Lab:
             shell.ip("addr", "add", f"{LAN4[host]}/24", "dev", "eth0", netns=ns)
             shell.ip("addr", "add", f"{LAN6[host]}/64", "dev", "eth0", "nodad", netns=ns)
             shell.ip("link", "set", "eth0", "up", netns=ns)
+        if not self.direct_cable:
+            return
         a, b = self.ns("a"), self.ns("b")
         shell.ip(
             "link",
@@ -297,6 +304,15 @@ class Lab:
     def _sysctl(ns: str, settings: Sequence[str]) -> None:
         shell.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *settings])
 
+    @property
+    def node_links(self) -> tuple[str, ...]:
+        """The pair nodes' interfaces: eth0 (the LAN), and eth1 (the direct cable) if built."""
+        return ("eth0", "eth1") if self.direct_cable else ("eth0",)
+
+    def peer_addresses(self, node: str) -> list[str]:
+        """The addresses `node`'s peer sends heartbeats to: one per heartbeat link."""
+        return [LAN4[node], HB4[node]] if self.direct_cable else [LAN4[node]]
+
     def sysctl(self, host: str, key: str) -> str:
         """Return the value of sysctl `key` inside `host`'s namespace."""
         return self.exec(host, ["sysctl", "-n", key]).stdout.strip()
@@ -307,7 +323,7 @@ class Lab:
 
     def set_host_links(self, node: str, up: bool) -> None:
         """Set `node`'s own eth0 and eth1 up or down (a host that died, or came back)."""
-        for link in ("eth0", "eth1"):
+        for link in self.node_links:
             shell.ip("link", "set", link, "up" if up else "down", netns=self.ns(node))
 
     def partition(self, heal: bool = False) -> None:
@@ -318,7 +334,7 @@ class Lab:
             # here: a sender that bypasses its routing table (keepalived's unicast VRRP does)
             # is still cut off, as a real partition would.
             self._sysctl(self.ns(me), [f"net.ipv4.conf.all.rp_filter={0 if heal else 1}"])
-            for dest in (LAN4[peer], HB4[peer]):
+            for dest in self.peer_addresses(peer):
                 shell.ip(
                     "route", verb, "blackhole", f"{dest}/32", netns=self.ns(me), check=not heal
                 )
