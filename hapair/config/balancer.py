@@ -24,8 +24,8 @@ from hapair.config.fields import (
     non_empty,
     parse_endpoint,
     problem,
-    toml_repr,
 )
+from hapair.config.shown import toml_repr
 
 Kind = Literal["nat", "dr", "proxy", "redirect", "dns"]
 KINDS: Final[tuple[Kind, ...]] = ("nat", "dr", "proxy", "redirect", "dns")
@@ -65,6 +65,11 @@ def _dns_name(value: object) -> str:
 
 def _parse_endpoint(value: object) -> tuple[IpAddress, int]:
     return parse_endpoint(value, 'use "10.0.1.21:8080" or "[fd00::21]:8080"')
+
+
+def _endpoint_text(endpoint: tuple[IpAddress, int]) -> str:
+    address, port = endpoint
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
 
 
 Endpoint = Annotated[tuple[IpAddress, int], PlainValidator(_parse_endpoint)]
@@ -175,4 +180,9 @@ class Balancer(Model):
                 )  # fmt: skip
             if kind == "dr" and b.address[0] == self.listen[0]:
                 problems.append((where, "is the VIP itself"))
+            elif b.address == self.listen:
+                shown = _endpoint_text(b.address)
+                problems.append(
+                    (where, f"{shown} is the balancer's own listen address: traffic would loop")
+                )
         return problems

@@ -9,6 +9,8 @@ from typing import Annotated, Final
 from pydantic import BeforeValidator
 from pydantic_core import PydanticCustomError
 
+from hapair.config.shown import toml_repr
+
 _UNITS: Final[dict[str, float]] = {"ms": 0.001, "s": 1.0, "m": 60.0}
 _PATTERN: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m)?")
 _HINT: Final = 'use e.g. "200ms", "1.5s" or a number of seconds'
@@ -17,25 +19,30 @@ _HINT: Final = 'use e.g. "200ms", "1.5s" or a number of seconds'
 def parse_duration(value: object) -> float:
     """Return the duration `value` denotes, in seconds; raise ValueError with a readable reason."""
     # bool is an int subclass; `interval = true` is a mistake, not one second.
+    shown = toml_repr(value)
     if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a duration: {_HINT}")
+        raise ValueError(f"{shown} is not a duration: {_HINT}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond float's range
+            raise ValueError(f"{shown} is not a finite duration") from None
     elif isinstance(value, str):
         match = _PATTERN.fullmatch(value.strip())
         if match is None:
-            raise ValueError(f"{value!r} is not a duration: {_HINT}")
+            raise ValueError(f"{shown} is not a duration: {_HINT}")
         number, unit = match.groups()
         if unit is None:
             # A unit-less string is ambiguous ("200" could mean ms); fail closed.
-            raise ValueError(f'{value!r} has no unit: write e.g. "{number}ms" or "{number}s"')
+            example = number if len(number) <= 12 else "200"
+            raise ValueError(f'{shown} has no unit: write e.g. "{example}ms" or "{example}s"')
         seconds = float(number) * _UNITS[unit]
     else:
-        raise ValueError(f"{value!r} is not a duration: {_HINT}")
+        raise ValueError(f"{shown} is not a duration: {_HINT}")
     if not math.isfinite(seconds):
-        raise ValueError(f"{value!r} is not a finite duration")
+        raise ValueError(f"{shown} is not a finite duration")
     if seconds < 0:
-        raise ValueError(f"{value!r} is negative: a duration must be >= 0")
+        raise ValueError(f"{shown} is negative: a duration must be >= 0")
     return seconds
 
 

@@ -6,12 +6,14 @@ from typing import Final
 
 from hapair.config.balancer import Balancer
 from hapair.config.duration import format_duration as fmt
-from hapair.config.model import CommandTrack, Config, GatewayTrack, InterfaceTrack, Track
+from hapair.config.model import Config, GatewayTrack, InterfaceTrack, Track
 
 # Common switch MAC-table ageing; a refresh should come well before it.
 SWITCH_AGEING_S: Final = 300.0
 # Below this, scheduler stalls or brief congestion start to look like a dead peer.
 FAST_INTERVAL_S: Final = 0.05
+# VIP prefixes shorter than this claim an implausibly large on-link network.
+SHORT_PREFIX: Final = {4: 8, 6: 16}
 
 
 def explain_timers(cfg: Config) -> list[str]:
@@ -164,10 +166,17 @@ def config_warnings(cfg: Config) -> list[str]:
             f"garp.refresh = {fmt(garp.refresh)}: not well under common switch MAC ageing"
             f" ({fmt(SWITCH_AGEING_S)})"
         )
-    for index, track in enumerate(cfg.track):
-        if isinstance(track, CommandTrack) and not track.command[0].startswith("/"):
+    for index, vip in enumerate(cfg.vip):
+        where = f"vip[{index}]"
+        if vip.interface == "lo":
             warnings.append(
-                f"track[{index}].command: {track.command[0]!r} is not an absolute path;"
-                " it is looked up in the daemon's PATH"
+                f'{where}.interface = "lo": a VIP on loopback is not reachable from the LAN'
+                " and is not announced (GARP); use the interface of the VIP's subnet"
+            )
+        prefix = vip.address.network.prefixlen
+        if prefix < SHORT_PREFIX[vip.address.version]:
+            warnings.append(
+                f"{where}.address = {str(vip.address)!r}: prefix /{prefix} makes the kernel add"
+                f" an on-link route for {vip.address.network}; use the subnet's own prefix"
             )
     return warnings

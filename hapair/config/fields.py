@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from hapair.config.duration import format_duration
+from hapair.config.shown import toml_repr
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/hapair/hapair.toml")
 DEFAULT_SECRET_PATH: Final = Path("/etc/hapair/secret")
@@ -49,13 +50,6 @@ Problems = list[tuple[str, str]]
 def problem(message: str) -> PydanticCustomError:
     """Return a validation error whose message the loader shows as is."""
     return PydanticCustomError("hapair_value", "{message}", {"message": message})
-
-
-def toml_repr(value: object) -> str:
-    """Render an input value the way TOML writes it, for error messages."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
 
 
 def _check_name(value: object) -> str:
@@ -96,30 +90,60 @@ def _check_abs_path(value: object) -> Path:
     return path
 
 
+_LIMITED_BROADCAST: Final = IPv4Address("255.255.255.255")
+
+
+def _not_a_host(address: IpAddress) -> str | None:
+    """Why `address` cannot be another host's unicast address, or None if it can be."""
+    if address.is_unspecified:
+        return "the unspecified address"
+    if address.is_multicast:
+        return "a multicast address"
+    if address == _LIMITED_BROADCAST:
+        return "the limited broadcast address"
+    if address.is_loopback:
+        return "a loopback address (this host itself)"
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return f"an IPv4-mapped IPv6 address: write {address.ipv4_mapped} instead"
+    return None
+
+
 def _parse_host(value: object) -> IpAddress:
     if not isinstance(value, str):
-        raise problem(f"must be an IP address string (got {value!r})")
+        raise problem(f"must be an IP address string (got {toml_repr(value)})")
     try:
         address = ip_address(value.strip())
     except ValueError:
-        raise problem(f"{value!r} is not an IPv4 or IPv6 address") from None
-    if address.is_unspecified or address.is_multicast:
-        raise problem(f"{value!r} is not a unicast host address")
+        raise problem(f"{toml_repr(value)} is not an IPv4 or IPv6 address") from None
+    reason = _not_a_host(address)
+    if reason is not None:
+        raise problem(f"{value!r} is not a unicast host address: it is {reason}")
     return address
 
 
 def _parse_vip(value: object) -> IpInterface:
     hint = 'use e.g. "10.0.0.50/24" or "fd00::50/64"'
     if not isinstance(value, str):
-        raise problem(f"must be an address string with prefix: {hint} (got {value!r})")
+        raise problem(f"must be an address string with prefix: {hint} (got {toml_repr(value)})")
     try:
         iface = ip_interface(value.strip())
     except ValueError:
-        raise problem(f"{value!r} is not an IP address with prefix: {hint}") from None
+        raise problem(f"{toml_repr(value)} is not an IP address with prefix: {hint}") from None
     ip = iface.ip
-    if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
-        raise problem(f"{value!r} cannot float between nodes: not a unicast host address")
+    reason = _not_a_host(ip)
+    if reason is not None:
+        raise problem(f"{value!r} cannot float between nodes: it is {reason}")
+    if isinstance(ip, IPv6Address) and ip.is_link_local:
+        raise problem(
+            f"{value!r} is link-local (fe80::/10): valid on one link only and never routed;"
+            " use a global or unique-local (fd00::/8) address"
+        )
     net = iface.network
+    if net.prefixlen == 0:
+        raise problem(
+            f"{value!r}: prefix /0 covers every address (the kernel would add an on-link route"
+            ' for all of them): use the subnet\'s own prefix, e.g. "10.0.0.50/24"'
+        )
     if (
         isinstance(iface, IPv4Interface)
         and net.prefixlen <= 30
@@ -173,8 +197,16 @@ def _check_argv(value: object) -> tuple[str, ...]:
             raise problem(f"command[{index}] must be a string (got {arg!r})")
         if "\0" in arg:
             raise problem(f"command[{index}] must not contain a NUL character")
-    if not value[0].strip():
+    program = value[0]
+    if not program.strip():
         raise problem("command[0], the program to run, must not be empty")
+    if not program.startswith("/"):
+        # The daemon's PATH and working directory are not the shell's: say the full path.
+        name = program.rsplit("/", 1)[-1] or program
+        raise problem(
+            f"command[0] {toml_repr(program)} is not an absolute path: hapair does not search"
+            f" PATH; write the program's full path (`command -v {name}` shows it)"
+        )
     return tuple(value)
 
 

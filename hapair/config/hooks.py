@@ -17,7 +17,8 @@ from typing import Annotated, Final
 from pydantic import PlainValidator
 
 from hapair.config.duration import Duration
-from hapair.config.fields import Argv, Model, duration_between, problem, toml_repr
+from hapair.config.fields import Argv, Model, duration_between, problem
+from hapair.config.shown import toml_repr
 
 #: What a role change to each role is called in ``on`` and in ``HAPAIR_EVENT``.
 ROLE_TRIGGERS: Final[tuple[str, ...]] = ("master", "backup", "fault")

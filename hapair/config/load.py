@@ -1,4 +1,10 @@
-"""Read a TOML file into a Config, reporting every problem with its dotted path in one error."""
+"""Read a TOML file into a Config, reporting every problem with its dotted path in one error.
+
+Hostile or broken input ends in a ConfigError, never another exception and never a hang: files
+are opened without blocking and must be regular files; a UTF-8 byte order mark (which some
+Windows editors write) is skipped; nesting deeper than MAX_NESTING and integers too long for
+Python's int conversion are reported with their line and key path before tomllib recurses.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,9 @@ import base64
 import binascii
 import difflib
 import os
+import re
 import stat
+import sys
 import tomllib
 import types
 from pathlib import Path
@@ -20,12 +28,17 @@ from hapair.config.fields import (
     DEFAULT_SECRET_PATH,
     DEFAULT_STATE_DIR,
     Problems,
-    toml_repr,
 )
 from hapair.config.model import Config
+from hapair.config.shown import toml_repr
 from hapair.errors import ConfigError
 
 MIN_KEY_BYTES: Final = 32
+# A hapair config is a few KB; a file larger than this is not one (and is not read whole).
+MAX_CONFIG_FILE_BYTES: Final = 1 << 20
+# A config needs 3 levels at most; this leaves room and stays far below tomllib's recursion.
+MAX_NESTING: Final = 32
+_BOM: Final = "\ufeff"
 # A key file is a line of base64; anything much larger is not one.
 MAX_SECRET_FILE_BYTES: Final = 4096
 SECRET_PATH: Final = "cluster.secret_file"
@@ -34,21 +47,131 @@ _KEY_HINT: Final = "create one with `(umask 077; head -c 32 /dev/urandom | base6
 Loc = tuple[int | str, ...]
 
 
-def load_config(path: str | Path = DEFAULT_CONFIG_PATH, *, check_secret: bool = True) -> Config:
-    """Read, parse and validate `path`; raise one ConfigError listing every problem found."""
+def load_config(
+    path: str | Path = DEFAULT_CONFIG_PATH,
+    *,
+    check_secret: bool = True,
+    check_programs: bool | None = None,
+) -> Config:
+    """Read, parse and validate `path`; raise one ConfigError listing every problem found.
+
+    ``check_programs`` (default: as ``check_secret``) also checks that every hook and track
+    program exists on this host and is executable.
+    """
     source = str(path)
-    text = _read_text(Path(path))
+    data = parse_toml(_read_text(Path(path)), source)
+    return validate_config(
+        data, source=source, check_secret=check_secret, check_programs=check_programs
+    )
+
+
+def parse_toml(text: str, source: str = "") -> dict[str, Any]:
+    """Parse `text` as TOML; raise ConfigError (never another error) with a line and key path."""
+    text = text.removeprefix(_BOM)
+    deep = _too_deep(text)
+    if deep is not None:
+        raise ConfigError(
+            source,
+            [
+                (
+                    _key_path_at(text, deep),
+                    f"arrays or tables nested more than {MAX_NESTING} deep (line {deep})",
+                )
+            ],
+        )
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, [("", f"TOML syntax error: {exc}")]) from None
-    return validate_config(data, source=source, check_secret=check_secret)
+    except ValueError as exc:
+        # int() refuses decimal literals longer than sys.get_int_max_str_digits().
+        raise ConfigError(source, [_long_integer(text, exc)]) from None
+    except RecursionError:  # pragma: no cover - _too_deep stops this first
+        raise ConfigError(source, [("", "nested too deeply to parse")]) from None
+
+
+# Strings and comments are skipped (their brackets do not count); what is left is structure.
+_TOKEN: Final = re.compile(
+    r'"""(?:[^\\]|\\.)*?"""|\'\'\'.*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'|#[^\n]*|[\[\]{}=\n]',
+    re.DOTALL,
+)
+
+
+def _too_deep(text: str) -> int | None:
+    """The line where arrays/inline tables first nest deeper than MAX_NESTING, else None."""
+    depth, line, in_value = 0, 1, False
+    for match in _TOKEN.finditer(text):
+        token = match.group()
+        if token == "\n":
+            line += 1
+            in_value = in_value and depth > 0
+        elif token == "=":
+            in_value = True
+        elif token in "[{" and (in_value or depth > 0):
+            depth += 1
+            if depth > MAX_NESTING:
+                return line
+        elif token in "]}" and depth > 0:
+            depth -= 1
+        elif len(token) > 1:
+            line += token.count("\n")
+    return None
+
+
+_HEADER: Final = re.compile(r"\s*\[(\[?)\s*([^\[\]=]+?)\s*\]\]?\s*(?:#.*)?$")
+_KEY: Final = re.compile(r"\s*([A-Za-z0-9_\-\"\'. ]+?)\s*=")
+
+
+def _key_path_at(text: str, line: int) -> str:
+    """The dotted key path that the value on `line` most likely belongs to (for messages)."""
+    table, key = "", ""
+    seen: dict[str, int] = {}
+    for row in text.splitlines()[:line]:
+        header = _HEADER.match(row)
+        if header is not None:
+            name = _bare(header.group(2))
+            if header.group(1):
+                seen[name] = seen.get(name, -1) + 1
+                name = f"{name}[{seen[name]}]"
+            table, key = name, ""
+            continue
+        found = _KEY.match(row)
+        if found is not None:
+            key = _bare(found.group(1))
+    return _join(table, key)
+
+
+def _bare(dotted: str) -> str:
+    return ".".join(part.strip().strip("\"'") for part in dotted.split("."))
+
+
+_LONG_DECIMAL: Final = re.compile(r"[+-]?[0-9][0-9_]*")
+
+
+def _long_integer(text: str, exc: ValueError) -> tuple[str, str]:
+    """Locate the integer literal tomllib could not convert; the problem naming it."""
+    limit = sys.get_int_max_str_digits()
+    for match in _LONG_DECIMAL.finditer(text):
+        digits = sum(c.isdigit() for c in match.group())
+        if limit and digits > limit:
+            line = text.count("\n", 0, match.start()) + 1
+            return (
+                _key_path_at(text, line),
+                f"an integer of {digits} digits (line {line}): far beyond any setting's range",
+            )
+    return ("", f"cannot parse: {str(exc)[:200]}")
 
 
 def _read_text(path: Path) -> str:
     """Return the text of `path`; raise ConfigError saying plainly why it cannot be read."""
     try:
-        return path.read_bytes().decode("utf-8")
+        raw, _ = read_regular_file(path, MAX_CONFIG_FILE_BYTES)
+        if len(raw) > MAX_CONFIG_FILE_BYTES:
+            reason = f"{path} is larger than {MAX_CONFIG_FILE_BYTES} bytes: not a hapair config"
+        else:
+            return raw.decode("utf-8")
+    except NotRegularFile as exc:
+        reason = f"{path} is {exc.kind}, not a config file"
     except FileNotFoundError:
         reason = f"no such file: {path}"
     except IsADirectoryError:
@@ -58,11 +181,61 @@ def _read_text(path: Path) -> str:
     except UnicodeDecodeError as exc:
         reason = f"not UTF-8 text: {exc.reason} at byte {exc.start}"
     except OSError as exc:
-        reason = f"cannot read {path}: {exc.strerror}"
+        reason = f"cannot read {path}: {exc.strerror or exc}"
     raise ConfigError(str(path), [("", reason)])
 
 
-def validate_config(data: dict[str, Any], *, source: str = "", check_secret: bool = True) -> Config:
+class NotRegularFile(OSError):
+    """The path names a FIFO, socket, device or directory: something not to read as a file."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        super().__init__(f"{path} is {kind}, not a regular file")
+        self.kind = kind
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words ("a FIFO (named pipe)", "a directory"...)."""
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def read_regular_file(path: Path, limit: int) -> tuple[bytes, os.stat_result]:
+    """Up to ``limit + 1`` bytes of `path`, a regular file, and its fstat; never blocks.
+
+    O_NONBLOCK makes opening a FIFO return at once (a plain open waits for a writer); the
+    opened file is then fstat-ed, so the type checked is the type of what would be read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegularFile(path, file_kind(info.st_mode))
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks), info
+    finally:
+        os.close(fd)
+
+
+def validate_config(
+    data: dict[str, Any],
+    *,
+    source: str = "",
+    check_secret: bool = True,
+    check_programs: bool | None = None,
+) -> Config:
     """Validate parsed TOML `data`; raise one ConfigError listing every problem found."""
     problems: Problems = []
     config: Config | None = None
@@ -75,6 +248,8 @@ def validate_config(data: dict[str, Any], *, source: str = "", check_secret: boo
         secret_file = _secret_path(data, config, problems)
         if secret_file is not None:
             problems.extend((SECRET_PATH, message) for message in _check_secret(secret_file)[1])
+    if check_secret if check_programs is None else check_programs:
+        problems.extend(check_programs_exist(data))
     if problems or config is None:
         raise ConfigError(source, problems)
     return config
@@ -91,30 +266,22 @@ def read_secret(path: str | Path) -> bytes:
 def _check_secret(path: Path) -> tuple[bytes | None, list[str]]:
     """Return the key in `path` (None if unusable) and every reason it is unusable."""
     hint = _KEY_HINT.format(path)
+    problems: list[str] = []
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        raw, info = read_regular_file(path, MAX_SECRET_FILE_BYTES)
+        mode = stat.S_IMODE(info.st_mode)
+    except NotRegularFile as exc:
+        return None, [f"{path} is {exc.kind}, not a regular file (it must hold the key)"]
     except FileNotFoundError:
         return None, [f"no such file: {path} ({hint})"]
     except PermissionError:
         return None, [f"permission denied reading {path} (the daemon needs to read it)"]
     except OSError as exc:
-        return None, [f"cannot open {path}: {exc.strerror}"]
-    problems: list[str] = []
-    try:
-        # fstat the opened file so the checked mode is the mode of what is read.
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return None, [f"{path} is not a regular file"]
-        mode = stat.S_IMODE(info.st_mode)
-        if mode & 0o077:
-            problems.append(
-                f"{path} is accessible by group or others (mode {mode:04o}): run `chmod 600 {path}`"
-            )
-        raw = os.read(fd, MAX_SECRET_FILE_BYTES + 1)
-    except OSError as exc:
-        return None, [f"cannot read {path}: {exc.strerror}"]
-    finally:
-        os.close(fd)
+        return None, [f"cannot read {path}: {exc.strerror or exc}"]
+    if mode & 0o077:
+        problems.append(
+            f"{path} is accessible by group or others (mode {mode:04o}): run `chmod 600 {path}`"
+        )
     key = _decode_key(raw, path, hint, problems)
     return (None if problems else key), problems
 
@@ -138,6 +305,39 @@ def _decode_key(raw: bytes, path: Path, hint: str, problems: list[str]) -> bytes
         )
         return None
     return key
+
+
+def check_programs_exist(data: dict[str, Any]) -> Problems:
+    """Every absolute hook and track program that is missing or not executable on this host."""
+    problems: Problems = []
+    for table in ("hook", "track"):
+        entries = data.get(table)
+        if not isinstance(entries, list):
+            continue
+        for index, entry in enumerate(entries):
+            command = entry.get("command") if isinstance(entry, dict) else None
+            if not isinstance(command, list) or not command or not isinstance(command[0], str):
+                continue
+            message = _program_problem(command[0])
+            if message is not None:
+                problems.append((f"{table}[{index}].command", message))
+    return problems
+
+
+def _program_problem(program: str) -> str | None:
+    if not os.path.isabs(program) or "\0" in program:
+        return None  # the schema reports it
+    try:
+        info = os.stat(program)
+    except FileNotFoundError:
+        return f"{program}: no such file on this host"
+    except OSError as exc:
+        return f"{program}: cannot be inspected: {exc.strerror or exc}"
+    if not stat.S_ISREG(info.st_mode):
+        return f"{program} is {file_kind(info.st_mode)}, not a program"
+    if not os.access(program, os.X_OK):
+        return f"{program} is not executable: run `chmod +x {program}`"
+    return None
 
 
 def _secret_path(data: dict[str, Any], config: Config | None, problems: Problems) -> Path | None:
@@ -296,12 +496,12 @@ def socket_path_hint(path: str | Path) -> Path | None:
     cannot be read.
     """
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        data = parse_toml(_read_text(Path(path)))
         cluster, node = data["cluster"]["name"], data["node"]["name"]
         runtime = data.get("runtime", {})
         if "control_socket" in runtime:
             return Path(runtime["control_socket"])
         state_dir = Path(runtime.get("state_dir", str(DEFAULT_STATE_DIR)))
         return state_dir / f"{cluster}-{node}.sock"
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError):
+    except (ConfigError, AttributeError, KeyError, TypeError, ValueError):
         return None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import grp
-from ipaddress import IPv4Address, IPv6Address
+import os
+import stat
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -214,8 +216,19 @@ class Runtime(Model):
     state_dir: AbsPath = DEFAULT_STATE_DIR
     control_socket: AbsPath | None = None
     state_file: AbsPath | None = None
-    #: The group that may use the control socket (mode 0660): `hapair status` without root.
+    #: The read group of the control socket: `hapair status` without root.
     control_group: Annotated[str, PlainValidator(_check_group)] | None = None
+    #: The admin group: also `handover`, `maintenance` and `reload` (root always may).
+    control_admin_group: Annotated[str, PlainValidator(_check_group)] | None = None
+
+    def _problems(self) -> Problems:
+        try:
+            mode = os.stat(self.state_dir).st_mode
+        except OSError:
+            return []  # missing: created at start; unreadable: run says so
+        if not stat.S_ISDIR(mode):
+            return [("state_dir", f"{self.state_dir} exists and is not a directory")]
+        return []
 
 
 class Log(Model):
@@ -246,6 +259,20 @@ class Discovery(Model):
     """``[discovery]``: announce this node as ``_hapair._udp.local.`` (mDNS) on its VIP link."""
 
     announce: StrictBool = True
+
+
+def _subnet_edge(peer: IpAddress, vips: tuple[Vip, ...]) -> str | None:
+    """Why `peer` is the network or broadcast address of a VIP's subnet, or None."""
+    for index, vip in enumerate(vips):
+        iface = vip.address
+        if not isinstance(iface, IPv4Interface) or iface.network.prefixlen > 30:
+            continue
+        net = iface.network
+        if peer == net.broadcast_address:
+            return f"{peer} is the broadcast address of vip[{index}]'s subnet {net}"
+        if peer == net.network_address:
+            return f"{peer} is the network address of vip[{index}]'s subnet {net}"
+    return None
 
 
 class Config(Model):
@@ -327,6 +354,9 @@ class Config(Model):
                 )
             first_seen.setdefault(vip.ip, index)
         for index, peer in enumerate(self.cluster.peer_addresses):
+            edge = _subnet_edge(peer, self.vip)
+            if edge is not None:
+                problems.append((f"cluster.peers[{index}]", edge))
             if peer in first_seen:
                 problems.append(
                     (

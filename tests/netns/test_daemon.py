@@ -294,7 +294,7 @@ def test_failing_track_lowers_priority_and_the_peer_preempts(lab: Lab) -> None:
     add_track(
         lab,
         "a",
-        f'kind = "command"\ncommand = ["test", "-e", "{flag}"]\n'
+        f'kind = "command"\ncommand = ["/usr/bin/test", "-e", "{flag}"]\n'
         'weight = 60\ninterval = "50ms"\ntimeout = "50ms"\nrise = 1\nfall = 2',
     )
     start_pair(lab)

@@ -9,7 +9,7 @@ import socket
 import struct
 import threading
 import time
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from typing import Any
 
@@ -531,7 +531,10 @@ def test_no_capture_is_a_warning(tmp_path: Path) -> None:
 
 def test_capture_listens_on_the_port_and_stops_once_every_peer_spoke(tmp_path: Path) -> None:
     port = free_port()
-    cfg = make_cfg(tmp_path, cluster={"port": port, "peers": ["127.0.0.1"]})
+    # A loopback peer is refused by the config loader; this capture test needs one.
+    valid = make_cfg(tmp_path, cluster={"port": port})
+    loopback = valid.cluster.model_copy(update={"peers": (IPv4Address("127.0.0.1"),)})
+    cfg = valid.model_copy(update={"cluster": loopback})
 
     def send() -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -606,7 +609,7 @@ def test_the_cli_prints_json_and_exits_1_on_errors(
     port = free_port()
     text = (
         '[node]\nname = "a"\npriority = 150\n\n'
-        f'[cluster]\nname = "web"\npeers = ["127.0.0.2"]\nport = {port}\n'
+        f'[cluster]\nname = "web"\npeers = ["192.0.2.2"]\nport = {port}\n'
         f'secret_file = "{tmp_path / "missing-secret"}"\n\n'
         '[[vip]]\naddress = "192.0.2.50/24"\ninterface = "lo"\n\n'
         f'[runtime]\nstate_dir = "{tmp_path}"\n'

@@ -83,9 +83,9 @@ def test_on_rejects(on: Any, message: str) -> None:
 
 def test_timeout_is_a_bounded_duration() -> None:
     assert hook("role", timeout="1.5s").timeout == 1.5
-    [(loc, msg)] = errors({"on": "role", "command": ["x"], "timeout": "2h"})
+    [(loc, msg)] = errors({"on": "role", "command": ["/bin/x"], "timeout": "2h"})
     assert loc == ("timeout",)
-    [(loc, msg)] = errors({"on": "role", "command": ["x"], "timeout": "0s"})
+    [(loc, msg)] = errors({"on": "role", "command": ["/bin/x"], "timeout": "0s"})
     assert loc == ("timeout",) and "between" in msg
 
 
@@ -102,7 +102,7 @@ def test_timeout_is_a_bounded_duration() -> None:
     ],
 )
 def test_env_rejects(env: Any, message: str) -> None:
-    [(loc, msg)] = errors({"on": "role", "command": ["x"], "env": env})
+    [(loc, msg)] = errors({"on": "role", "command": ["/bin/x"], "env": env})
     assert loc == ("env",)
     assert message in msg
 
