@@ -78,6 +78,8 @@ def _status(config: str) -> dict[str, Any]:
     from hapair.runtime.control import request
 
     reply = request(control_socket(config), {"cmd": "status"})
+    if reply.get("denied"):
+        raise HapairError(str(reply.get("error")))
     if not reply.get("ok"):
         raise HapairError(f"status failed: {reply.get('error')}")
     status: dict[str, Any] = reply["status"]
@@ -582,6 +584,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HapairError as exc:
         print(f"hapair: {exc}", file=sys.stderr)
         return exc.exit_status
+    except OSError as exc:
+        # The last net: a file or socket the command could not use, said in one line.
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"hapair: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -127,8 +127,9 @@ class Daemon:
             # The control socket before anything changes: a second daemon for the same node
             # must stop here, before it could remove the running daemon's VIPs.
             control = ControlServer(
-                cfg.control_socket_path, self._control, cfg.runtime.control_group
-            )
+                cfg.control_socket_path, self._control, cfg.runtime.control_group,
+                cfg.runtime.control_admin_group, log=self.log,
+            )  # fmt: skip
             await control.start()
             stack.push_async_callback(control.close)
             clock = MonotonicClock()
@@ -374,6 +375,14 @@ class Daemon:
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
 
+def log_config_warnings(cfg: Config) -> None:
+    """Log, once at start, what ``check-config`` prints as warnings (valid but risky)."""
+    from hapair.config.explain import config_warnings
+
+    for line in config_warnings(cfg):
+        get_logger().warning("config_warning", warning=line, source=cfg.source)
+
+
 def run_daemon(config_path: str, log_format: str | None = None) -> int:
     """``hapair run``: load, check, run. Exit 2 on configuration errors, 1 on runtime errors."""
     cfg = load_config(config_path)
@@ -382,6 +391,7 @@ def run_daemon(config_path: str, log_format: str | None = None) -> int:
         cfg.log.level, fmt, sink=cfg.log.sink,  # type: ignore[arg-type]
         cluster=cfg.cluster.name, node=cfg.node.name,
     )  # fmt: skip
+    log_config_warnings(cfg)
     # Before any child process (nginx -t in preflight): they must not inherit NOTIFY_SOCKET.
     notifier = Notifier.from_environ(
         os.environ, unset=True,
