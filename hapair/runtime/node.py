@@ -556,6 +556,7 @@ class Node:
         if self.io.balancer is not None:
             status["balancer"] = self.io.balancer.status()
         status["transitions"] = self.ops.transitions_at(self.clock.now())
+        status["state_save_failures"] = self.writer.failures
         return status
 
     def shutdown(self) -> None:

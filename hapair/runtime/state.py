@@ -190,8 +190,11 @@ def read_state(path: Path) -> Loaded:
     except FileNotFoundError:
         return Loaded(PersistentState(), problem="missing (first start, or deleted)")
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return Loaded(PersistentState(), problem="is a symlink, not a regular file")
+        # ELOOP (a symlink, O_NOFOLLOW), ENXIO (a socket): say what is there instead.
+        with contextlib.suppress(OSError):
+            mode = os.lstat(path).st_mode
+            if not stat.S_ISREG(mode):
+                return Loaded(PersistentState(), problem=f"is a {_kind(mode)}, not a regular file")
         return Loaded(PersistentState(), problem=f"cannot open: {exc.strerror}")
     try:
         st = os.fstat(fd)
@@ -213,6 +216,7 @@ def read_state(path: Path) -> Loaded:
 
 def _kind(mode: int) -> str:
     for test, name in (
+        (stat.S_ISLNK, "symlink"),
         (stat.S_ISDIR, "directory"),
         (stat.S_ISFIFO, "FIFO"),
         (stat.S_ISSOCK, "socket"),
@@ -322,6 +326,8 @@ class StateWriter:
         on_recovered: Callable[[int], None] | None = None,
     ) -> None:
         self.path = path
+        #: Writes finished (coalesced: fewer than submits) and writes that failed.
+        self.writes = 0
         self.failures = 0
         self._on_failure = on_failure
         self._on_recovered = on_recovered
@@ -357,6 +363,7 @@ class StateWriter:
 
     def _finished(self, loop: asyncio.AbstractEventLoop, job: asyncio.Future[None]) -> None:
         self._busy = False
+        self.writes += 1
         waiters, self._inflight = self._inflight, []
         exc = None if job.cancelled() else job.exception()
         result: WriteResult = None
