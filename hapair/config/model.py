@@ -7,7 +7,7 @@ import os
 import stat
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Final, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -210,10 +210,24 @@ def _check_group(value: object) -> str:
     return value
 
 
+#: Where the durable state (maintenance) lives: the units' StateDirectory=, kept across reboots.
+DEFAULT_LIB_DIR: Final = Path("/var/lib/hapair")
+
+
+def _check_lib_dir(value: Path) -> Path:
+    """A directory, or nothing yet (the daemon creates it): never an existing other file."""
+    if value.exists() and not value.is_dir():
+        raise problem(f"{value} exists and is not a directory")
+    return value
+
+
 class Runtime(Model):
     """Where this instance keeps its state and control socket."""
 
+    #: Volatile: the control socket and the balancer's generated files (/run, tmpfs).
     state_dir: AbsPath = DEFAULT_STATE_DIR
+    #: Durable: the state file (maintenance survives a reboot).
+    lib_dir: Annotated[AbsPath, AfterValidator(_check_lib_dir)] = DEFAULT_LIB_DIR
     control_socket: AbsPath | None = None
     state_file: AbsPath | None = None
     #: The read group of the control socket: `hapair status` without root.
@@ -316,8 +330,8 @@ class Config(Model):
 
     @property
     def state_file_path(self) -> Path:
-        """The state file: runtime.state_file or `{state_dir}/{cluster}-{node}.state`."""
-        return self.runtime.state_file or self.runtime.state_dir / f"{self.instance_name}.state"
+        """The state file: runtime.state_file or `{lib_dir}/{cluster}-{node}.state`."""
+        return self.runtime.state_file or self.runtime.lib_dir / f"{self.instance_name}.state"
 
     @property
     def balancer_run_dir(self) -> Path:

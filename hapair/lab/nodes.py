@@ -161,7 +161,8 @@ class HapairPair(LogReadingPair):
             f"dead_after = {t.dead_after}\npreempt = true\n"
             f'preempt_delay = "{format_duration(t.preempt_delay)}"\n\n'
             + "\n".join(vips)
-            + f'\n[runtime]\nstate_dir = "{self.lab.dir / node}"\n\n[log]\nformat = "json"\n'
+            + f'\n[runtime]\nstate_dir = "{self.lab.dir / node}"\n'
+            + f'lib_dir = "{self.lab.dir / f"{node}.lib"}"\n\n[log]\nformat = "json"\n'
         )
 
     def write_configs(self) -> None:

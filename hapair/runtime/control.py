@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
+import inspect
 import json
 import os
 import pwd
@@ -20,7 +21,7 @@ import re
 import socket
 import struct
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -41,7 +42,9 @@ COMMAND_ACCESS: Final[dict[str, Access]] = {
     "reload": "admin",
 }
 
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
+#: A reply, or one that comes later (`maintenance` answers once the state is durable).
+Reply = dict[str, Any] | Awaitable[dict[str, Any]]
+Handler = Callable[[dict[str, Any]], Reply]
 # struct ucred from unix(7): pid, uid, gid as three C ints.
 _UCRED: Final = struct.Struct("3i")
 _JSON_TOKEN: Final = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
@@ -242,7 +245,8 @@ class ControlServer:
                 refusal = self.policy.refusal(shown, needed, cred.uid)
                 return {**self._reject("denied", refusal, uid=cred.uid), "denied": True}
         try:
-            return self.handler(request)
+            answer = self.handler(request)
+            return await answer if inspect.isawaitable(answer) else answer
         except HapairError as exc:
             return {"ok": False, "error": str(exc)}
         except Exception as exc:  # a bug in a command must not kill the connection task

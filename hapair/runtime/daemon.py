@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 from ipaddress import ip_interface
+from pathlib import Path
 from typing import Any, Final
 
 from hapair.config import Config, load_config, read_secret
@@ -25,13 +26,21 @@ from hapair.net.vip import VipManager
 from hapair.net.watch import ArpWatcher, NetlinkWatcher
 from hapair.ops.systemd import Notifier, status_line_from
 from hapair.runtime.clock import MonotonicClock
-from hapair.runtime.control import ControlServer
+from hapair.runtime.control import ControlServer, Reply
 from hapair.runtime.node import Node
-from hapair.runtime.state import load_state, next_boot_epoch, save_state
+from hapair.runtime.state import (
+    Loaded,
+    PersistentState,
+    StateWriter,
+    ensure_lib_dir,
+    load_and_repair,
+)
 from hapair.runtime.wiring import Adapters, PeerFeed, vips_of
 
 CAP_NET_ADMIN: Final = 12
 CAP_NET_RAW: Final = 13
+#: How long `hapair maintenance` waits for the state file to be durable before answering.
+PERSIST_WAIT: Final = 2.0
 
 
 def effective_capabilities() -> int:
@@ -146,10 +155,9 @@ class Daemon:
                 server = MetricsServer(metrics, str(host), port)
                 server.start()
                 stack.callback(server.close)
-            state_path = cfg.state_file_path
-            state = load_state(state_path)
-            state.boot_epoch = next_boot_epoch(state.boot_epoch)
-            save_state(state_path, state)
+            state = await self._load_state(cfg)
+            writer = self._state_writer(cfg)
+            stack.push_async_callback(writer.close)  # after the last change is written
             stale = remove_stale_vips(cfg, vips)
             if stale:
                 self.log.warning("stale_vip_removed", vips=stale, reason="left by an earlier run")
@@ -186,7 +194,7 @@ class Daemon:
                     feed,
                 ),
                 state,
-                state_path,
+                writer,
             )
             self.node = node
             try:
@@ -209,9 +217,56 @@ class Daemon:
                     with contextlib.suppress(VipError):
                         if vips.remove(vip):
                             self.log.info("vip_released", vip=str(vip.address), reason="exit")
-                node.save_state_file()
                 self.log.info("daemon_stopped")
         return 0
+
+    async def _load_state(self, cfg: Config) -> PersistentState:
+        """Read the durable state (creating its directory); repair and log a bad file.
+
+        A directory that cannot be created or written is a start-up error naming the fix; a
+        missing, unreadable or invalid file is a warning, then the defaults, written back.
+        The reads and the fsync run on a thread (the control socket is already served).
+        """
+        path = cfg.state_file_path
+        key = "runtime.state_file" if cfg.runtime.state_file else "runtime.lib_dir"
+        unusable = await asyncio.to_thread(ensure_lib_dir, path.parent)
+        if unusable is not None:
+            raise RuntimeSetupError(f"{key}: {unusable}")
+        loaded, error = await asyncio.to_thread(load_and_repair, path)
+        self._log_loaded(path, loaded, error)
+        return loaded.state
+
+    def _log_loaded(self, path: Path, loaded: Loaded, error: OSError | None) -> None:
+        fields: dict[str, Any] = {"path": str(path), "maintenance": loaded.state.maintenance}
+        if error is not None:
+            fields["repair_failed"] = str(error)
+        if loaded.problem is not None:
+            action = "defaults used" + ("" if error is not None else ", file rewritten")
+            self.log.warning("state_file_reset", problem=loaded.problem, action=action, **fields)
+        elif loaded.migrated:
+            self.log.info(
+                "state_file_migrated",
+                note="an older hapair's file: maintenance kept, boot_epoch and replay marks "
+                "dropped (protocol v2 keeps no freshness state)",
+                **fields,
+            )
+        elif error is not None:
+            self.log.warning("state_save_failed", **fields)
+
+    def _state_writer(self, cfg: Config) -> StateWriter:
+        path = cfg.state_file_path
+
+        def failed(error: str, first: bool) -> None:
+            if first:
+                self.log.warning(
+                    "state_save_failed", path=str(path), error=error,
+                    note="logged once; then counted until a write succeeds",
+                )  # fmt: skip
+
+        def recovered(failures: int) -> None:
+            self.log.info("state_save_recovered", path=str(path), failures=failures)
+
+        return StateWriter(path, failed, recovered)
 
     def _start_discovery(
         self, cfg: Config, stack: contextlib.AsyncExitStack
@@ -352,7 +407,7 @@ class Daemon:
         self.log.info("config_reloaded", source=self.config_path)
         return {"ok": True}
 
-    def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _control(self, request: dict[str, Any]) -> Reply:
         node = self.node
         if node is None:
             return {"ok": False, "error": "starting"}
@@ -370,9 +425,24 @@ class Daemon:
             on = request.get("on")
             if not isinstance(on, bool):
                 return {"ok": False, "error": 'maintenance needs "on": true or false'}
-            note = node.set_maintenance(on)
-            return {"ok": True, "note": note, "role": node.election.role.name}
+            return self._maintenance(node, on)
         return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    async def _maintenance(self, node: Node, on: bool) -> dict[str, Any]:
+        """Apply maintenance now; answer once it is durable (the loop runs on meanwhile)."""
+        note, durable = node.set_maintenance(on)
+        try:
+            error = await asyncio.wait_for(asyncio.shield(durable), PERSIST_WAIT)
+        except TimeoutError:
+            error = f"{node.writer.path}: not written after {PERSIST_WAIT:g} s"
+        if error is not None:
+            word = "on" if on else "off"
+            return {
+                "ok": False,
+                "error": f"maintenance is {word} now but could not be saved ({error}): it would "
+                f"not survive a restart; fix that, then run `hapair maintenance {word}` again",
+            }
+        return {"ok": True, "note": note, "role": node.election.role.name}
 
 
 def log_config_warnings(cfg: Config) -> None:

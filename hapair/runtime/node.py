@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from ipaddress import IPv4Address
-from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from hapair.balancer.health import HealthChange
 from hapair.config.model import Config, InterfaceTrack
@@ -55,7 +54,7 @@ from hapair.runtime.balancing import BalancerDriver
 from hapair.runtime.clock import Clock
 from hapair.runtime.conflicts import ConflictResponder
 from hapair.runtime.ops_notify import OpsNotifier
-from hapair.runtime.state import PersistentState, save_state
+from hapair.runtime.state import PersistentState, StateWriter, WriteResult
 from hapair.runtime.status import build_status
 from hapair.runtime.vipholder import VipHolder
 from hapair.runtime.wiring import (
@@ -76,9 +75,6 @@ from hapair.wire.heartbeat import (
 from hapair.wire.rejects import RejectCounter
 from hapair.wire.replay import ReplayGuard
 
-#: How often the replay marks are written while running (also at every role change and stop).
-STATE_SAVE_INTERVAL: Final = 10.0
-
 
 class Node:
     """One running node: election + adapters + the loop."""
@@ -90,19 +86,17 @@ class Node:
         clock: Clock,
         io: Adapters,
         state: PersistentState,
-        state_path: Path,
+        writer: StateWriter,
     ) -> None:
         self.cfg = cfg
         self.key = key
         self.clock = clock
         self.io = io
         self.state = state
-        self.state_path = state_path
+        self.writer = writer
         self.log = get_logger()
         now = clock.now()
-        self.election = Election(
-            election_settings(cfg), now, maintenance=bool(state.extra.get("maintenance"))
-        )
+        self.election = Election(election_settings(cfg), now, maintenance=state.maintenance)
         self.vips = vips_of(cfg)
         self.holder = VipHolder(
             self.vips, io.vips, io.announcer, announce_timers(cfg), clock, self.log
@@ -111,7 +105,8 @@ class Node:
             self.holder.on_sent = io.metrics.garp_sent
         self.cluster_id = cluster_id(cfg.cluster.name)
         self.replay = ReplayGuard()
-        self.replay.restore(state.replay_marks)
+        # Protocol v1 until v2 lands: the run's epoch, no longer persisted (v2 needs none).
+        self.boot_epoch = time.time_ns()
         self.rejects = RejectCounter()
         self.seq = 0
         self.checks: list[Check] = build_checks(cfg.track, now)
@@ -144,7 +139,6 @@ class Node:
         )  # fmt: skip
         self._macs: dict[str, bytes] = {}
         self._accepted_on: dict[str, str] = {}
-        self._next_save = now + STATE_SAVE_INTERVAL
         self.done = False
 
     # -- entry points from signals and the control socket ---------------------------------
@@ -189,19 +183,21 @@ class Node:
         pool = (b.specs, b.board.healthy()) if b is not None else None
         self.ops.reconfigured((str(v.address) for v in self.vips), pool)
 
-    def set_maintenance(self, on: bool) -> str | None:
-        """Turn maintenance on (hand over, then stay BACKUP) or off; kept across restarts.
+    def set_maintenance(self, on: bool) -> tuple[str | None, asyncio.Future[WriteResult]]:
+        """Turn maintenance on (hand over, then stay BACKUP) or off; kept across reboots.
 
-        Returns a note when the VIP cannot move yet (no healthy peer): the node stays MASTER
-        and hands over as soon as a peer can take it.
+        Returns a note when the VIP cannot move yet (no healthy peer: the node stays MASTER
+        and hands over as soon as a peer can take it), and a future resolved once the state
+        file holds the change (None) or could not be written (the error). The write runs on
+        the state writer's thread, never on this loop.
         """
-        self.state.extra["maintenance"] = on
-        self.save_state_file()  # first: a crash right after still remembers it
+        self.state = PersistentState(maintenance=on)
+        durable = self.writer.submit(self.state)
         actions = self.election.handle(MaintenanceChanged(on), self.clock.now())
         self.log.info("maintenance_changed", on=on, role=self.election.role.name)
         self._perform(actions)
         refused = [a for a in actions if isinstance(a, HandoverRefused)]
-        return refused[0].reason if refused else None
+        return (refused[0].reason if refused else None), durable
 
     def request_handover(self) -> str | None:
         """Run a handover request now; return the refusal reason, or None if it started."""
@@ -245,7 +241,7 @@ class Node:
             await self.hooks.close(wait=0.5)
 
     def _next_deadline(self) -> float:
-        deadlines = [self.election.next_deadline(), self._next_save]
+        deadlines = [self.election.next_deadline()]
         board = self.balancing.next_deadline() if self.balancing is not None else None
         announce = self.holder.schedule.next_deadline()
         for nxt in (announce, self.conflicts.next_deadline(), board, self.ops.next_deadline()):
@@ -273,9 +269,6 @@ class Node:
         self._start_due_probes()
         self._start_backend_probes()
         now = self.clock.now()
-        if now >= self._next_save:
-            self.save_state_file()
-            self._next_save = now + STATE_SAVE_INTERVAL
         self.ops.step_done(now, (str(v.address) for v in self.holder.held))
 
     def _handle(self, event: Event) -> None:
@@ -526,8 +519,6 @@ class Node:
             self.holder.schedule.stop()
         if self.balancing is not None and action.to_role is not Role.MASTER:
             self.balancing.stop_cold()
-        # Persist at the end of this step: the VIP and its first GARP must not wait for disk.
-        self._next_save = self.clock.now()
 
     def _send_heartbeat(self, resigning: bool) -> None:
         e = self.election
@@ -541,7 +532,7 @@ class Node:
             resigning=resigning or e.resigning,
             term=e.term,
             seq=self.seq,
-            boot_epoch=self.state.boot_epoch,
+            boot_epoch=self.boot_epoch,
             interval_ms=max(1, round(self.cfg.cluster.interval * 1000)),
             vip_digest=e.settings.vip_digest,
             maintenance=e.maintenance,
@@ -550,14 +541,6 @@ class Node:
         self.ops.heartbeat_sent()
 
     # -- state and status ----------------------------------------------------------------
-
-    def save_state_file(self) -> None:
-        """Persist the boot epoch and replay marks (atomic)."""
-        self.state.replay_marks = self.replay.snapshot()
-        try:
-            save_state(self.state_path, self.state)
-        except OSError as exc:
-            self.log.warning("state_save_failed", path=str(self.state_path), error=str(exc))
 
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot for ``hapair status``."""
@@ -573,6 +556,7 @@ class Node:
         if self.io.balancer is not None:
             status["balancer"] = self.io.balancer.status()
         status["transitions"] = self.ops.transitions_at(self.clock.now())
+        status["state_save_failures"] = self.writer.failures
         return status
 
     def shutdown(self) -> None:

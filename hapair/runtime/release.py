@@ -22,7 +22,6 @@ from hapair.errors import BalancerError, ConfigError, HapairError, RuntimeSetupE
 from hapair.net.transport import UdpTransport
 from hapair.net.vip import VipManager
 from hapair.runtime.control import is_live
-from hapair.runtime.state import load_state, next_boot_epoch, save_state
 from hapair.runtime.wiring import vips_of
 from hapair.wire.heartbeat import Heartbeat, Rejected, cluster_id, decode, encode, vip_digest
 
@@ -96,10 +95,7 @@ def _hand_to_peer(cfg: Config, report: ReleaseReport) -> None:
         )
         return
     try:
-        state_path = cfg.state_file_path
-        state = load_state(state_path)
-        state.boot_epoch = next_boot_epoch(state.boot_epoch)  # above the dead daemon's epoch
-        save_state(state_path, state)
+        boot_epoch = time.time_ns()  # v1, until protocol v2: no epoch is persisted any more
         cid = cluster_id(cfg.cluster.name)
         digest = vip_digest(str(v.address) for v in cfg.vip)
         bound = min(CONFIRM_WAIT_MAX, cfg.dead_time)
@@ -119,7 +115,7 @@ def _hand_to_peer(cfg: Config, report: ReleaseReport) -> None:
                     resigning=False,
                     term=0,
                     seq=seq,
-                    boot_epoch=state.boot_epoch,
+                    boot_epoch=boot_epoch,
                     interval_ms=max(1, round(cfg.cluster.interval * 1000)),
                     vip_digest=digest,
                 )

@@ -192,7 +192,9 @@ def test_the_settings_the_daemon_relies_on(name: str) -> None:
     assert one("KillMode") == "mixed"  # SIGTERM to the daemon alone: it hands over first
     assert one("Restart") == "on-failure" and one("RestartPreventExitStatus") == "2"
     assert one("RuntimeDirectory") == "hapair"  # the default runtime.state_dir, /run/hapair
-    assert one("RuntimeDirectoryPreserve") == "yes"  # the state file survives a restart
+    assert one("RuntimeDirectoryPreserve") == "yes"  # the instances share it
+    # The default runtime.lib_dir, /var/lib/hapair: writable under ProtectSystem=strict, kept.
+    assert one("StateDirectory") == "hapair" and one("StateDirectoryMode") == "0700"
     assert one("NoNewPrivileges") == "yes" and one("ProtectSystem") == "strict"
     assert one("RestrictRealtime") == "yes"  # real time is off unless an operator says so
     bounding = set(one("CapabilityBoundingSet").split())

@@ -78,7 +78,7 @@ def test_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
     assert cfg.track == ()
     assert cfg.runtime.state_dir == Path("/run/hapair")
     assert cfg.control_socket_path == Path("/run/hapair/web-alpha.sock")
-    assert cfg.state_file_path == Path("/run/hapair/web-alpha.state")
+    assert cfg.state_file_path == Path("/var/lib/hapair/web-alpha.state")  # survives reboots
     assert (cfg.log.level, cfg.log.format) == ("info", "auto")
 
 
@@ -99,10 +99,11 @@ def test_two_daemons_on_one_host_get_distinct_runtime_paths(tmp_path: Path) -> N
 def test_explicit_runtime_paths_win(tmp_path: Path) -> None:
     cfg = load_text(
         tmp_path,
-        MINIMAL + '[runtime]\nstate_dir = "/tmp/h"\ncontrol_socket = "/tmp/c.sock"\n',
+        MINIMAL
+        + '[runtime]\nstate_dir = "/tmp/h"\nlib_dir = "/tmp/l"\ncontrol_socket = "/tmp/c.sock"\n',
     )
     assert cfg.control_socket_path == Path("/tmp/c.sock")
-    assert cfg.state_file_path == Path("/tmp/h/web-alpha.state")
+    assert cfg.state_file_path == Path("/tmp/l/web-alpha.state")
 
 
 def test_models_are_frozen(tmp_path: Path) -> None:

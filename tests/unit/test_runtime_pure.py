@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hapair.cli import build_parser, format_status, main
-from hapair.runtime.state import PersistentState, load_state, next_boot_epoch, save_state
+from hapair.runtime.state import Loaded, PersistentState, read_state, save_state
 
 GOOD = """
 [node]
@@ -38,24 +38,20 @@ def write_config(tmp_path: Path, text: str = GOOD) -> Path:
 
 
 def test_state_round_trip_is_atomic_and_private(tmp_path: Path) -> None:
-    path = tmp_path / "sub" / "web-lb1.state"
-    save_state(path, PersistentState(42, {"lb2": (7, 9)}))
-    assert load_state(path) == PersistentState(42, {"lb2": (7, 9)})
+    path = tmp_path / "web-lb1.state"
+    save_state(path, PersistentState(maintenance=True))
+    assert read_state(path) == Loaded(PersistentState(maintenance=True))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert not list(path.parent.glob("*.tmp"))
+    assert [p.name for p in tmp_path.iterdir()] == ["web-lb1.state"]  # no temp file left
 
 
-def test_broken_state_file_is_treated_as_empty(tmp_path: Path) -> None:
+def test_broken_or_missing_state_file_gives_defaults_and_a_reason(tmp_path: Path) -> None:
     path = tmp_path / "x.state"
     path.write_text("{not json")
-    assert load_state(path) == PersistentState()
-    assert load_state(tmp_path / "missing") == PersistentState()
-
-
-def test_boot_epoch_always_increases() -> None:
-    far_future = 2**62
-    assert next_boot_epoch(far_future) == far_future + 1
-    assert next_boot_epoch(0) > 0
+    loaded = read_state(path)
+    assert loaded.state == PersistentState() and "not valid JSON" in str(loaded.problem)
+    missing = read_state(tmp_path / "missing")
+    assert missing.state == PersistentState() and "missing" in str(missing.problem)
 
 
 def test_check_config_ok_explains_timers(
