@@ -27,7 +27,7 @@ from hapair.ops.systemd import Notifier, status_line_from
 from hapair.runtime.clock import MonotonicClock
 from hapair.runtime.control import ControlServer
 from hapair.runtime.node import Node
-from hapair.runtime.state import load_state, next_boot_epoch, save_state
+from hapair.runtime.state import load_state
 from hapair.runtime.wiring import Adapters, PeerFeed, vips_of
 
 CAP_NET_ADMIN: Final = 12
@@ -147,8 +147,6 @@ class Daemon:
                 stack.callback(server.close)
             state_path = cfg.state_file_path
             state = load_state(state_path)
-            state.boot_epoch = next_boot_epoch(state.boot_epoch)
-            save_state(state_path, state)
             stale = remove_stale_vips(cfg, vips)
             if stale:
                 self.log.warning("stale_vip_removed", vips=stale, reason="left by an earlier run")
