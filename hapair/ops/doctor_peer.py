@@ -1,14 +1,15 @@
 """The peer half of ``hapair doctor``: listen for the peer's heartbeats and judge them.
 
-The probe sends nothing. Every heartbeat a peer accepts feeds its election and its replay
-guard: a probe claiming any role would make a running peer count this node alive (or, as
-FAULT, take over, which is what ``hapair release`` wants and a preflight must not do), and one
-under this node's boot epoch would raise the peer's replay mark above the real daemon's next
-heartbeats, which the peer would then drop as replays. Nor is a reply needed: the peer sends a
-heartbeat every interval to every address it has for this node, whatever its role. So the probe
-listens on the cluster port for a few intervals, which shows that the peer runs and reaches
-this node on each link, with the same key (HMAC: a MAC that verifies here verifies there) and
-cluster name, and gives its VIP set digest and start time to compare. When the port is taken
+The probe sends nothing. Every heartbeat a peer accepts feeds its election: a probe claiming
+any role would make a running peer count this node alive (or, as FAULT, take over, which is
+what ``hapair release`` wants and a preflight must not do); and a probe echoing the peer's
+challenge would be accepted as a new run of this node (protocol v2), rotating the peer's
+challenge under the real daemon. Nor is a reply needed: the peer sends a heartbeat every
+interval to every address it has for this node, whatever its role. So the probe listens on the
+cluster port for a few intervals, which shows that the peer runs and reaches this node on each
+link, with the same key (HMAC: a MAC that verifies here verifies there), cluster name and
+protocol version, and gives its VIP set digest to compare. Version 2 heartbeats carry no time
+at all, so nothing about the peer's clock can be learnt from them. When the port is taken
 (this node's daemon runs), a raw socket watches copies of the datagrams and takes none away.
 """
 
@@ -35,8 +36,6 @@ PROBE_WAIT: Final = 1.0
 PROBE_WAIT_MAX: Final = 10.0
 #: Datagrams kept from one probe: the network must not grow the report without bound.
 MAX_DATAGRAMS: Final = 1024
-#: How far the peer's start may seem to lie in this node's future before it counts as skew.
-SKEW_TOLERANCE: Final = 2.0
 _UDP: Final = struct.Struct("!HHHH")
 _IPV4_MIN: Final = 20
 
@@ -178,8 +177,9 @@ _MISMATCH: Final = {
         "set cluster.name = {cluster!r} on both nodes",
     ),
     RejectReason.BAD_VERSION: (
-        "use another protocol version: the peer runs an incompatible hapair",
-        "install the same hapair version on both nodes",
+        "use another heartbeat protocol version (this node speaks version 2): the peer runs"
+        " an incompatible hapair, and the two do not interoperate",
+        "install the same hapair version on both nodes (docs/protocol.md, upgrading)",
     ),
     RejectReason.SELF: (
         "name the sender {node!r}, this node's own name: node.name must differ",
@@ -195,7 +195,10 @@ def _mismatch(cfg: Config, reason: RejectReason) -> tuple[str, str]:
 
 
 def assess_peers(cfg: Config, key: bytes | None, capture: Capture, wall: float) -> list[Finding]:
-    """Findings from what the probe heard: one per peer address, the VIP set, the peer clock."""
+    """Findings from what the probe heard: one per peer address, and the VIP set.
+
+    ``wall`` is unused since protocol v2 (heartbeats carry no time to compare it with).
+    """
     if capture.unavailable is not None:
         fix = "run hapair doctor as root, or see `hapair status`"
         return [Finding("peer", "warning", f"not probed: {capture.unavailable}", fix)]
@@ -231,7 +234,7 @@ def assess_peers(cfg: Config, key: bytes | None, capture: Capture, wall: float) 
         message, _fix = _mismatch(cfg, bad[src])
         text = f"datagrams from {src} (not a configured peer) {message}"
         out.append(Finding("peer", "warning", text, f"check what on {src} sends to this port"))
-    return out + _assess_vips(cfg, good) + _assess_peer_clock(good, wall)
+    return out + _assess_vips(cfg, good)
 
 
 def _assess_address(
@@ -290,27 +293,4 @@ def _assess_vips(cfg: Config, good: Mapping[str, Heartbeat]) -> list[Finding]:
         )
         fix = "make the [[vip]] addresses identical on both nodes, then `hapair reload`"
         out.append(Finding("vip-set", "error", message, fix))
-    return out
-
-
-def _assess_peer_clock(good: Mapping[str, Heartbeat], wall: float) -> list[Finding]:
-    # A heartbeat carries no current time, only boot_epoch: the peer's wall clock (ns) when
-    # its run began, unless that clock had stepped back. So one direction only is provable: a
-    # start in this node's future means the peer's clock is ahead by at least that much.
-    out: list[Finding] = []
-    for node, hb in {hb.node: hb for hb in good.values()}.items():
-        ahead = hb.boot_epoch / 1e9 - wall
-        if ahead > SKEW_TOLERANCE:
-            message = (
-                f"{node}'s run began {ahead:.0f} s in this node's future by its clock: the"
-                " clocks differ by at least that much (the logs will not line up)"
-            )
-            fix = "timedatectl set-ntp true  # on both nodes"
-            out.append(Finding("clock", "warning", message, fix))
-        else:
-            message = (
-                f"no skew provable against {node}: heartbeats carry its start time only,"
-                " not its current time"
-            )
-            out.append(ok("clock", message))
     return out

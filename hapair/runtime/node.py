@@ -35,7 +35,6 @@ from hapair.core.events import (
     FitnessChanged,
     HandoverRequested,
     MaintenanceChanged,
-    PeerHeard,
     ShutdownRequested,
     Tick,
 )
@@ -53,6 +52,7 @@ from hapair.ops.hooks import HookRunner
 from hapair.runtime.balancing import BalancerDriver
 from hapair.runtime.clock import Clock
 from hapair.runtime.conflicts import ConflictResponder
+from hapair.runtime.heartbeats import Heartbeats, LinkCopy, Outgoing
 from hapair.runtime.ops_notify import OpsNotifier
 from hapair.runtime.state import PersistentState, StateWriter, WriteResult
 from hapair.runtime.status import build_status
@@ -64,16 +64,7 @@ from hapair.runtime.wiring import (
     hook_context,
     vips_of,
 )
-from hapair.wire.heartbeat import (
-    Heartbeat,
-    Rejected,
-    RejectReason,
-    cluster_id,
-    decode,
-    encode,
-)
-from hapair.wire.rejects import RejectCounter
-from hapair.wire.replay import ReplayGuard
+from hapair.wire.heartbeat import cluster_id
 
 
 class Node:
@@ -103,12 +94,6 @@ class Node:
         )
         if io.metrics is not None:
             self.holder.on_sent = io.metrics.garp_sent
-        self.cluster_id = cluster_id(cfg.cluster.name)
-        self.replay = ReplayGuard()
-        # Protocol v1 until v2 lands: the run's epoch, no longer persisted (v2 needs none).
-        self.boot_epoch = time.time_ns()
-        self.rejects = RejectCounter()
-        self.seq = 0
         self.checks: list[Check] = build_checks(cfg.track, now)
         self.carrier: dict[str, bool] = {}
         self.started_wall = time.time()
@@ -137,8 +122,12 @@ class Node:
             systemd=io.systemd, mdns=io.mdns, metrics=io.metrics, hooks=self.hooks,
             log=self.log, status=self.status, now=now,
         )  # fmt: skip
+        self.heartbeats = Heartbeats(
+            cfg.node.name, cluster_id(cfg.cluster.name), key,
+            base_priority=cfg.node.priority, interval_ms=_interval_ms(cfg),
+            vip_digest=self.election.settings.vip_digest, log=self.log, observer=self.ops,
+        )  # fmt: skip
         self._macs: dict[str, bytes] = {}
-        self._accepted_on: dict[str, str] = {}
         self.done = False
 
     # -- entry points from signals and the control socket ---------------------------------
@@ -166,6 +155,8 @@ class Node:
         now = self.clock.now()
         old = self.cfg
         self.cfg = cfg
+        self.heartbeats.base_priority = cfg.node.priority
+        self.heartbeats.interval_ms = _interval_ms(cfg)
         if not cfg.cluster.peers_auto:  # with "auto", discovery keeps the peer up to date
             self.io.transport.set_peers(cfg.cluster.peer_addresses)
         self.holder.schedule.timers = announce_timers(cfg)
@@ -277,47 +268,12 @@ class Node:
     # -- inputs --------------------------------------------------------------------------
 
     def _read_heartbeats(self) -> None:
-        for data, source in self.io.transport.receive():
-            try:
-                hb = decode(data, self.key, self.cluster_id)
-                if hb.node == self.cfg.node.name:
-                    raise Rejected(RejectReason.SELF, f"from {source}")
-                if not self.replay.accept(hb.node, hb.boot_epoch, hb.seq):
-                    if (
-                        self.replay.mark(hb.node) == (hb.boot_epoch, hb.seq)
-                        and self._accepted_on.get(hb.node) != source
-                    ):
-                        # The same heartbeat, sent on every link, arriving on a second one.
-                        self.election.note_link(hb.node, source, self.clock.now())
-                        continue
-                    raise Rejected(RejectReason.REPLAY, f"{hb.node} seq {hb.seq} from {source}")
-                self._accepted_on[hb.node] = source
-            except Rejected as exc:
-                self.ops.heartbeat_rejected(exc.reason)
-                if self.rejects.record(exc.reason):
-                    self.log.warning(
-                        "heartbeat_rejected",
-                        reason=exc.reason.value,
-                        source=source,
-                        detail=exc.detail,
-                        note="logged once per reason; then only counted (see hapair status)",
-                    )
-                continue
-            self.ops.heartbeat_received(hb.node, self.clock.now())
-            self._handle(
-                PeerHeard(
-                    node=hb.node,
-                    role=hb.role,
-                    base_priority=hb.base_priority,
-                    effective_priority=hb.effective_priority,
-                    resigning=hb.resigning,
-                    term=hb.term,
-                    interval=hb.interval_ms / 1000,
-                    vip_digest=hb.vip_digest,
-                    link=source,
-                    maintenance=hb.maintenance,
-                )
-            )
+        now = self.clock.now()
+        for event in self.heartbeats.receive(self.io.transport.receive(), now):
+            if isinstance(event, LinkCopy):
+                self.election.note_link(event.node, event.link, now)
+            else:
+                self._handle(event)
 
     def _read_discovery(self) -> None:
         """Feed discovery's news to the finder; point the transport at the chosen peer.
@@ -522,23 +478,14 @@ class Node:
 
     def _send_heartbeat(self, resigning: bool) -> None:
         e = self.election
-        self.seq += 1
-        hb = Heartbeat(
-            cluster_id=self.cluster_id,
-            node=self.cfg.node.name,
+        out = Outgoing(
             role=e.role,
-            base_priority=self.cfg.node.priority,
             effective_priority=e.effective_priority,
             resigning=resigning or e.resigning,
             term=e.term,
-            seq=self.seq,
-            boot_epoch=self.boot_epoch,
-            interval_ms=max(1, round(self.cfg.cluster.interval * 1000)),
-            vip_digest=e.settings.vip_digest,
             maintenance=e.maintenance,
         )
-        self.io.transport.send(encode(hb, self.key))
-        self.ops.heartbeat_sent()
+        self.io.transport.send(self.heartbeats.packet(out))
 
     # -- state and status ----------------------------------------------------------------
 
@@ -548,7 +495,7 @@ class Node:
             self.cfg,
             self.election,
             held=self.holder.held,
-            rejected=self.rejects.counts(),
+            rejected=self.heartbeats.rejected(),
             now=self.clock.now(),
             transition_wall=self.ops.last_transition_wall,
             started_wall=self.started_wall,
@@ -562,3 +509,7 @@ class Node:
     def shutdown(self) -> None:
         """SIGTERM: resign gracefully (the election bounds the wait)."""
         self.post(ShutdownRequested())
+
+
+def _interval_ms(cfg: Config) -> int:
+    return max(1, round(cfg.cluster.interval * 1000))

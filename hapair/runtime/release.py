@@ -1,10 +1,12 @@
 """``hapair release``: clean up after a daemon that is gone (systemd ExecStopPost, a crash).
 
 A daemon killed while MASTER leaves its VIP in the kernel, and the peer only takes over when
-its dead timer fires. Release closes that gap make-before-break: it first tells the peer, with
-an authenticated FAULT heartbeat under a new boot epoch, that this node is out of service, so
-the peer takes over at once; it removes the VIP when the peer is heard as MASTER (or after a
-short bound), so clients never face a moment with nobody holding the address.
+its dead timer fires. Release closes that gap make-before-break: it speaks for the dead daemon
+as a new run of this node (protocol v2, docs/protocol.md). It listens for one peer heartbeat
+(bounded) to learn the peer's current challenge, then sends authenticated FAULT heartbeats with
+effective priority 0 echoing it, so the peer accepts the new run and takes over at once; it
+removes the VIP when the peer is heard as MASTER (or after a short bound), so clients never
+face a moment with nobody holding the address. Nothing is read from or written to a state file.
 """
 
 from __future__ import annotations
@@ -17,16 +19,23 @@ from pathlib import Path
 from typing import Final
 
 from hapair.config import Config, load_config, read_secret
+from hapair.core.events import PeerHeard
 from hapair.core.roles import Role
 from hapair.errors import BalancerError, ConfigError, HapairError, RuntimeSetupError
 from hapair.net.transport import UdpTransport
 from hapair.net.vip import VipManager
 from hapair.runtime.control import is_live
+from hapair.runtime.heartbeats import Heartbeats, Outgoing
 from hapair.runtime.wiring import vips_of
-from hapair.wire.heartbeat import Heartbeat, Rejected, cluster_id, decode, encode, vip_digest
+from hapair.wire.heartbeat import cluster_id, vip_digest
 
-#: Longest release waits for the peer to confirm it is MASTER before removing the VIP anyway.
+#: Longest release listens and waits for the peer to confirm MASTER, all told, before it
+#: removes the VIP anyway (also bounded by the dead time: the peer takes over by then).
 CONFIRM_WAIT_MAX: Final = 1.0
+#: FAULT heartbeats sent at once (seq 1..n) when the peer's challenge is known: one may be lost.
+FAULT_COPIES: Final = 3
+#: Re-send FAULT at least this often while waiting for the peer to confirm.
+RESEND_EVERY: Final = 0.05
 
 
 @dataclass
@@ -95,43 +104,52 @@ def _hand_to_peer(cfg: Config, report: ReleaseReport) -> None:
         )
         return
     try:
-        boot_epoch = time.time_ns()  # v1, until protocol v2: no epoch is persisted any more
-        cid = cluster_id(cfg.cluster.name)
-        digest = vip_digest(str(v.address) for v in cfg.vip)
-        bound = min(CONFIRM_WAIT_MAX, cfg.dead_time)
-        start = time.monotonic()
-        seq = 0
-        next_send = start
-        while time.monotonic() - start < bound:
-            now = time.monotonic()
-            if now >= next_send:
-                seq += 1
-                hb = Heartbeat(
-                    cluster_id=cid,
-                    node=cfg.node.name,
-                    role=Role.FAULT,
-                    base_priority=cfg.node.priority,
-                    effective_priority=0,
-                    resigning=False,
-                    term=0,
-                    seq=seq,
-                    boot_epoch=boot_epoch,
-                    interval_ms=max(1, round(cfg.cluster.interval * 1000)),
-                    vip_digest=digest,
-                )
-                transport.send(encode(hb, key))
-                next_send = now + min(cfg.cluster.interval, 0.05)
-            select.select(transport.filenos(), [], [], max(0.0, min(next_send - now, 0.01)))
-            for data, _source in transport.receive():
-                try:
-                    peer = decode(data, key, cid)
-                except Rejected:
-                    continue
-                if peer.node != cfg.node.name and peer.role is Role.MASTER:
-                    report.peer_master = peer.node
-                    report.waited = time.monotonic() - start
-                    return
-        report.waited = time.monotonic() - start
-        report.notes.append(f"the peer did not confirm MASTER within {bound:.2f}s")
+        _speak_fault(cfg, key, transport, report)
     finally:
         transport.close()
+
+
+class _Quiet:
+    """Release reports through ReleaseReport, not the daemon's log."""
+
+    def info(self, event: str, **kw: object) -> None:
+        """Dropped."""
+
+    def warning(self, event: str, **kw: object) -> None:
+        """Dropped."""
+
+
+def _speak_fault(cfg: Config, key: bytes, transport: UdpTransport, report: ReleaseReport) -> None:
+    """Learn the peer's challenge, send FAULT echoing it, and wait (bounded) for MASTER."""
+    hb = Heartbeats(
+        cfg.node.name, cluster_id(cfg.cluster.name), key,
+        base_priority=cfg.node.priority, interval_ms=round(cfg.cluster.interval * 1000),
+        vip_digest=vip_digest(str(v.address) for v in cfg.vip), log=_Quiet(),
+    )  # fmt: skip
+    fault = Outgoing(Role.FAULT, effective_priority=0, resigning=False, term=0, maintenance=False)
+    bound = min(CONFIRM_WAIT_MAX, cfg.dead_time)
+    start = time.monotonic()
+    next_send: float | None = None  # None until the peer's challenge is known
+    while (now := time.monotonic()) - start < bound:
+        if next_send is None and hb.freshness.echo:
+            for _ in range(FAULT_COPIES):
+                transport.send(hb.packet(fault))
+            next_send = now + RESEND_EVERY
+        elif next_send is not None and now >= next_send:
+            transport.send(hb.packet(fault))
+            next_send = now + RESEND_EVERY
+        wake = start + bound if next_send is None else min(next_send, start + bound)
+        select.select(transport.filenos(), [], [], max(0.0, min(wake - now, 0.01)))
+        for event in hb.receive(transport.receive(), now):
+            if isinstance(event, PeerHeard) and event.role is Role.MASTER:
+                report.peer_master = event.node
+                report.waited = time.monotonic() - start
+                return
+    report.waited = time.monotonic() - start
+    if next_send is None:
+        report.notes.append(
+            f"no heartbeat from the peer within {bound:.2f}s, so no challenge to answer: it"
+            " takes over after its dead timer"
+        )
+    else:
+        report.notes.append(f"the peer did not confirm MASTER within {bound:.2f}s")

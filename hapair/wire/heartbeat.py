@@ -15,7 +15,7 @@ from hapair.core.roles import Role
 from hapair.errors import WireError
 
 MAGIC: Final = b"HAPR"
-VERSION: Final = 1
+VERSION: Final = 2
 FLAG_RESIGNING: Final = 0x01
 #: The sender is in maintenance: it stays BACKUP and must not be counted on to take over.
 FLAG_MAINTENANCE: Final = 0x02
@@ -25,21 +25,28 @@ VIP_DIGEST_SIZE: Final = 8
 NODE_NAME_SIZE: Final = 32
 MAC_SIZE: Final = 32
 MIN_KEY_SIZE: Final = 32
+FILTER_TOKEN_SIZE: Final = 4
+#: Where filter_token sits in the UDP payload (the kernel socket filter matches it there).
+FILTER_TOKEN_OFFSET: Final = 20
 
 U8_MAX: Final = 0xFF
 U32_MAX: Final = 0xFFFF_FFFF
 U64_MAX: Final = 0xFFFF_FFFF_FFFF_FFFF
 
-# magic, version, flags, role, base prio, eff prio, reserved, cluster id, node,
-# term, seq, boot epoch, interval ms, vip digest
-_BODY: Final = struct.Struct("!4sBBBBB3s8s32sQQQI8s")
-BODY_SIZE: Final = _BODY.size
-PACKET_SIZE: Final = BODY_SIZE + MAC_SIZE
+# magic, version, flags, role, base prio, eff prio, reserved, cluster id, filter token,
+# node, term, run, seq, challenge, echo, interval ms, vip digest
+_BODY: Final = struct.Struct("!4sBBBBB3s8s4s32sQQQQQI8s")
+BODY_SIZE: Final = 108
+PACKET_SIZE: Final = 140
+assert _BODY.size == BODY_SIZE and BODY_SIZE + MAC_SIZE == PACKET_SIZE
 
 _RESERVED: Final = bytes(3)
 _VERSION_OFFSET: Final = 4
 _CLUSTER_OFFSET: Final = 12
 _CLUSTER_DOMAIN: Final = b"hapair-cluster:"
+_FILTER_DOMAIN: Final = b"hapair-filter-v2:"
+_NO_TOKEN: Final = bytes(FILTER_TOKEN_SIZE)
+_U64: Final = struct.Struct("!Q")
 _ROLES: Final = {role.value: role for role in Role}
 
 
@@ -54,6 +61,10 @@ class RejectReason(enum.Enum):
     BAD_MAC = "bad_mac"
     MALFORMED = "malformed"
     REPLAY = "replay"
+    #: A packet of a run the receiver has not accepted, not echoing its current challenge.
+    UNPROVEN = "unproven"
+    #: An authentic sender beyond the cap of tracked peers (only key holders can get here).
+    TOO_MANY_PEERS = "too_many_peers"
     SELF = "self"
 
 
@@ -79,6 +90,15 @@ def vip_digest(addresses: Iterable[str]) -> bytes:
         raise TypeError("vip_digest() takes an iterable of addresses, not one string")
     canonical = sorted({ipaddress.ip_interface(a).with_prefixlen for a in addresses})
     return hashlib.sha256("\n".join(canonical).encode("ascii")).digest()[:VIP_DIGEST_SIZE]
+
+
+def filter_token(key: bytes, challenge: int) -> bytes:
+    """Return the 4-byte token a packet echoing `challenge` carries; 4 zero bytes for 0."""
+    _check_key(key)
+    _check_uint("challenge", challenge, U64_MAX)
+    if challenge == 0:
+        return _NO_TOKEN
+    return hmac.digest(key, _FILTER_DOMAIN + _U64.pack(challenge), "sha256")[:FILTER_TOKEN_SIZE]
 
 
 def _check_uint(name: str, value: object, maximum: int, minimum: int = 0) -> None:
@@ -115,8 +135,10 @@ class Heartbeat:
     effective_priority: int
     resigning: bool
     term: int
+    run: int
     seq: int
-    boot_epoch: int
+    challenge: int
+    echo: int
     interval_ms: int
     vip_digest: bytes
     maintenance: bool = False
@@ -134,8 +156,11 @@ class Heartbeat:
         if not isinstance(self.maintenance, bool):
             raise ValueError("maintenance must be a bool")
         _check_uint("term", self.term, U64_MAX)
-        _check_uint("seq", self.seq, U64_MAX)
-        _check_uint("boot_epoch", self.boot_epoch, U64_MAX)
+        # run, seq and challenge are never 0: 0 is "none" (echo 0: no challenge heard yet).
+        _check_uint("run", self.run, U64_MAX, minimum=1)
+        _check_uint("seq", self.seq, U64_MAX, minimum=1)
+        _check_uint("challenge", self.challenge, U64_MAX, minimum=1)
+        _check_uint("echo", self.echo, U64_MAX)
         # An interval of 0 would give the receiver a dead time of 0: instant false failover.
         _check_uint("interval_ms", self.interval_ms, U32_MAX, minimum=1)
         if not isinstance(self.vip_digest, bytes) or len(self.vip_digest) != VIP_DIGEST_SIZE:
@@ -143,7 +168,7 @@ class Heartbeat:
 
 
 def _mac(key: bytes, body: bytes) -> bytes:
-    return hmac.new(key, body, hashlib.sha256).digest()
+    return hmac.digest(key, body, "sha256")
 
 
 def encode(hb: Heartbeat, key: bytes) -> bytes:
@@ -158,10 +183,13 @@ def encode(hb: Heartbeat, key: bytes) -> bytes:
         hb.effective_priority,
         _RESERVED,
         hb.cluster_id,
+        filter_token(key, hb.echo),
         hb.node.encode("utf-8"),  # struct pads "32s" with NULs
         hb.term,
+        hb.run,
         hb.seq,
-        hb.boot_epoch,
+        hb.challenge,
+        hb.echo,
         hb.interval_ms,
         hb.vip_digest,
     )
@@ -185,14 +213,19 @@ def decode(data: bytes, key: bytes, expected_cluster: bytes) -> Heartbeat:
     _check_key(key)
     if len(expected_cluster) != CLUSTER_ID_SIZE:
         raise ValueError(f"expected_cluster must be {CLUSTER_ID_SIZE} bytes")
-    if len(data) < PACKET_SIZE:
+    # Magic and version come before the size: a packet of another version has another size
+    # (version 1: 120 bytes), and `bad_version` tells an operator what is wrong with a
+    # mixed-version pair, where `truncated` would not.
+    if len(data) <= _VERSION_OFFSET:
         raise Rejected(RejectReason.TRUNCATED, f"{len(data)} < {PACKET_SIZE} bytes")
-    if len(data) > PACKET_SIZE:
-        raise Rejected(RejectReason.OVERSIZED, f"{len(data)} > {PACKET_SIZE} bytes")
     if data[: len(MAGIC)] != MAGIC:
         raise Rejected(RejectReason.BAD_MAGIC)
     if data[_VERSION_OFFSET] != VERSION:
         raise Rejected(RejectReason.BAD_VERSION, f"version {data[_VERSION_OFFSET]}")
+    if len(data) < PACKET_SIZE:
+        raise Rejected(RejectReason.TRUNCATED, f"{len(data)} < {PACKET_SIZE} bytes")
+    if len(data) > PACKET_SIZE:
+        raise Rejected(RejectReason.OVERSIZED, f"{len(data)} > {PACKET_SIZE} bytes")
     if data[_CLUSTER_OFFSET : _CLUSTER_OFFSET + CLUSTER_ID_SIZE] != expected_cluster:
         raise Rejected(RejectReason.WRONG_CLUSTER)
     body, mac = data[:BODY_SIZE], data[BODY_SIZE:]
@@ -208,10 +241,13 @@ def decode(data: bytes, key: bytes, expected_cluster: bytes) -> Heartbeat:
         effective_priority,
         reserved,
         cluster,
+        token,
         node_raw,
         term,
+        run,
         seq,
-        boot_epoch,
+        challenge,
+        echo,
         interval_ms,
         digest,
     ) = _BODY.unpack(body)
@@ -225,6 +261,11 @@ def decode(data: bytes, key: bytes, expected_cluster: bytes) -> Heartbeat:
     node = _decode_node_name(node_raw)
     if interval_ms == 0:
         raise Rejected(RejectReason.MALFORMED, "interval_ms is 0")
+    for name, value in (("run", run), ("seq", seq), ("challenge", challenge)):
+        if value == 0:
+            raise Rejected(RejectReason.MALFORMED, f"{name} is 0")
+    if token != filter_token(key, echo):
+        raise Rejected(RejectReason.MALFORMED, "filter_token does not match echo")
     return Heartbeat(
         cluster_id=cluster,
         node=node,
@@ -234,8 +275,10 @@ def decode(data: bytes, key: bytes, expected_cluster: bytes) -> Heartbeat:
         resigning=bool(flags & FLAG_RESIGNING),
         maintenance=bool(flags & FLAG_MAINTENANCE),
         term=term,
+        run=run,
         seq=seq,
-        boot_epoch=boot_epoch,
+        challenge=challenge,
+        echo=echo,
         interval_ms=interval_ms,
         vip_digest=digest,
     )

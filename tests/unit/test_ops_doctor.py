@@ -118,7 +118,6 @@ def heartbeat(
     node: str = "b",
     cluster: str = "web",
     vips: tuple[str, ...] = ("10.0.0.50/24",),
-    boot_epoch: int = int(NOW * 1e9) - 10**12,
     role: Role = Role.MASTER,
     key: bytes = KEY,
 ) -> bytes:
@@ -130,8 +129,10 @@ def heartbeat(
         effective_priority=90,
         resigning=False,
         term=3,
+        run=0x5EED,
         seq=17,
-        boot_epoch=boot_epoch,
+        challenge=0xC0FFEE,
+        echo=0,
         interval_ms=200,
         vip_digest=vip_digest(vips),
     )
@@ -446,9 +447,9 @@ def capture(*datagrams: tuple[bytes, str]) -> Capture:
 def test_the_peer_heard_on_both_links_is_ok(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path)
     findings = assess_peers(cfg, KEY, capture((heartbeat(), PEER), (heartbeat(), HB_LINK)), NOW)
-    assert levels(findings) == ["ok"] * 4
+    assert levels(findings) == ["ok"] * 3
     assert "b answers from 10.0.0.2: authenticated heartbeat, MASTER" in findings[0].message
-    assert [f.check for f in findings] == ["peer", "peer", "vip-set", "clock"]
+    assert [f.check for f in findings] == ["peer", "peer", "vip-set"]
 
 
 def test_silence_is_a_warning_not_started_yet(tmp_path: Path) -> None:
@@ -516,11 +517,17 @@ def test_the_prefix_length_counts_in_the_vip_set(tmp_path: Path) -> None:
     assert only(findings, "vip-set")[0].level == "error"
 
 
-def test_a_peer_started_in_our_future_has_a_clock_ahead(tmp_path: Path) -> None:
-    packet = heartbeat(boot_epoch=int((NOW + 3600) * 1e9))
-    findings = assess_peers(make_cfg(tmp_path), KEY, capture((packet, PEER)), NOW)
-    [clock] = only(findings, "clock")
-    assert clock.level == "warning" and "3600 s in this node's future" in clock.message
+def test_heartbeats_give_no_peer_clock_finding(tmp_path: Path) -> None:
+    # Protocol v2 carries no time: whatever our wall clock says, no clock finding is made.
+    for wall in (0.0, NOW, NOW + 10**9):
+        findings = assess_peers(make_cfg(tmp_path), KEY, capture((heartbeat(), PEER)), wall)
+        assert only(findings, "clock") == []
+
+
+def test_a_version_1_peer_is_named_as_such(tmp_path: Path) -> None:
+    v1 = b"HAPR\x01" + bytes(115)  # a version 1 packet is 120 bytes
+    findings = assess_peers(make_cfg(tmp_path), KEY, capture((v1, PEER)), NOW)
+    assert findings[0].level == "error" and "version 2" in findings[0].message
 
 
 def test_no_capture_is_a_warning(tmp_path: Path) -> None:
@@ -585,7 +592,7 @@ def test_a_healthy_node_has_no_warning(tmp_path: Path) -> None:
     checks = [f.check for f in findings]
     for check in ("capabilities", "secret", "interface", "sysctl", "arp", "tools", "clock"):
         assert check in checks
-    assert checks[-4:] == ["peer", "peer", "vip-set", "clock"]
+    assert checks[-3:] == ["peer", "peer", "vip-set"]
     report = findings_json(make_cfg(tmp_path), findings)
     assert report["ok"] and report["node"] == "a"
     assert json.loads(json.dumps(report))["findings"][0]["check"] == "capabilities"

@@ -14,6 +14,7 @@ from hapair.core.roles import Role
 from hapair.errors import WireError
 from hapair.wire.heartbeat import (
     BODY_SIZE,
+    FILTER_TOKEN_OFFSET,
     PACKET_SIZE,
     Heartbeat,
     Rejected,
@@ -21,6 +22,7 @@ from hapair.wire.heartbeat import (
     cluster_id,
     decode,
     encode,
+    filter_token,
     vip_digest,
 )
 from hapair.wire.rejects import RejectCounter
@@ -38,8 +40,10 @@ GOLDEN_HB = Heartbeat(
     effective_priority=140,
     resigning=True,
     term=7,
+    run=0x0123_4567_89AB_CDEF,
     seq=42,
-    boot_epoch=1_700_000_000_000_000_000,
+    challenge=0xFEDC_BA98_7654_3210,
+    echo=0x1122_3344_5566_7788,
     interval_ms=1000,
     vip_digest=DIGEST,
 )
@@ -48,21 +52,24 @@ GOLDEN_HB = Heartbeat(
 GOLDEN_HEX = "".join(
     [
         "48415052",  # 0   magic "HAPR"
-        "01",  # 4   version 1
+        "02",  # 4   version 2
         "01",  # 5   flags: bit0 resigning
         "02",  # 6   role MASTER
         "96",  # 7   base priority 150
         "8c",  # 8   effective priority 140
         "000000",  # 9   reserved
         "cc1eefc7ef2151c8",  # 12  cluster id
-        "616c706861" + "00" * 27,  # 20  node "alpha", NUL-padded to 32
-        "0000000000000007",  # 52  term 7
-        "000000000000002a",  # 60  seq 42
-        "17979cfe362a0000",  # 68  boot epoch 1.7e18 ns
-        "000003e8",  # 76  interval 1000 ms
-        "0c504d5e40124c63",  # 80  vip digest
-        # 88  HMAC-SHA256(KEY, bytes 0..87)
-        "f2264592ff8e8ad5f97a87c4627f88d61cfa32d2139f9f827debb984a0250791",
+        "9bb9bace",  # 20  filter token: HMAC(KEY, "hapair-filter-v2:" + echo)[:4]
+        "616c706861" + "00" * 27,  # 24  node "alpha", NUL-padded to 32
+        "0000000000000007",  # 56  term 7
+        "0123456789abcdef",  # 64  run
+        "000000000000002a",  # 72  seq 42
+        "fedcba9876543210",  # 80  challenge
+        "1122334455667788",  # 88  echo
+        "000003e8",  # 96  interval 1000 ms
+        "0c504d5e40124c63",  # 100 vip digest
+        # 108 HMAC-SHA256(KEY, bytes 0..107)
+        "bc9511926a3c965643b6c1110ab5bda607b344bc1d4338dc03fed0cc673d44df",
     ]
 )
 
@@ -89,8 +96,24 @@ def reason_of(data: bytes, key: bytes = KEY, cluster: bytes = CLUSTER) -> Reject
 
 
 def test_packet_size_is_fixed() -> None:
-    assert BODY_SIZE == 88
-    assert PACKET_SIZE == 120
+    assert BODY_SIZE == 108
+    assert PACKET_SIZE == 140
+    assert FILTER_TOKEN_OFFSET == 20
+
+
+def test_filter_token_is_truncated_hmac_of_the_echo_with_domain_prefix() -> None:
+    echo = GOLDEN_HB.echo
+    expected = hmac.new(KEY, b"hapair-filter-v2:" + echo.to_bytes(8, "big"), hashlib.sha256)
+    assert filter_token(KEY, echo) == expected.digest()[:4] == bytes.fromhex("9bb9bace")
+    assert GOLDEN[FILTER_TOKEN_OFFSET : FILTER_TOKEN_OFFSET + 4] == filter_token(KEY, echo)
+    assert filter_token(KEY, 0) == bytes(4)
+    assert filter_token(KEY, 1) != filter_token(OTHER_KEY, 1)
+
+
+@pytest.mark.parametrize("challenge", [-1, 2**64, True])
+def test_filter_token_refuses_values_off_the_wire(challenge: int) -> None:
+    with pytest.raises(ValueError):
+        filter_token(KEY, challenge)
 
 
 def test_golden_packet_encodes_exactly() -> None:
@@ -151,6 +174,8 @@ def test_reject_reason_values_are_snake_case() -> None:
         "bad_mac",
         "malformed",
         "replay",
+        "unproven",
+        "too_many_peers",
         "self",
     }
 
@@ -174,7 +199,13 @@ def test_reject_reason_values_are_snake_case() -> None:
         {"resigning": 1},
         {"term": 2**64},
         {"seq": -1},
-        {"boot_epoch": 2**64},
+        {"seq": 0},
+        {"run": 0},
+        {"run": 2**64},
+        {"challenge": 0},
+        {"challenge": 2**64},
+        {"echo": -1},
+        {"echo": 2**64},
         {"interval_ms": 0},
         {"interval_ms": 2**32},
         {"vip_digest": bytes(9)},
@@ -216,7 +247,18 @@ def test_bad_magic() -> None:
 
 
 def test_bad_version() -> None:
-    assert reason_of(patch(GOLDEN, 4, b"\x02")) is RejectReason.BAD_VERSION
+    assert reason_of(patch(GOLDEN, 4, b"\x03")) is RejectReason.BAD_VERSION
+
+
+def test_a_version_1_packet_is_bad_version_not_truncated() -> None:
+    # The v1 golden packet (120 bytes): a mixed-version pair must say what is wrong.
+    v1 = bytes.fromhex(
+        "48415052010102968c000000cc1eefc7ef2151c8616c706861" + "00" * 27
+        + "0000000000000007000000000000002a17979cfe362a0000000003e80c504d5e40124c63"
+        + "f2264592ff8e8ad5f97a87c4627f88d61cfa32d2139f9f827debb984a0250791"
+    )  # fmt: skip
+    assert len(v1) == 120
+    assert reason_of(v1) is RejectReason.BAD_VERSION
 
 
 def test_wrong_cluster() -> None:
@@ -246,18 +288,30 @@ def test_wrong_key() -> None:
         (5, b"\x80", "flag bit 7 set"),
         (9, b"\x00\x01\x00", "reserved byte set"),
         (11, b"\x80", "reserved bit set"),
-        (20, bytes(32), "empty node name"),
-        (20, b"ab\x00c", "NUL inside node name"),
-        (20, b"\xff\xfe", "node name not UTF-8"),
-        (76, bytes(4), "interval 0"),
+        (24, bytes(32), "empty node name"),
+        (24, b"ab\x00c", "NUL inside node name"),
+        (24, b"\xff\xfe", "node name not UTF-8"),
+        (96, bytes(4), "interval 0"),
+        (64, bytes(8), "run 0"),
+        (72, bytes(8), "seq 0"),
+        (80, bytes(8), "challenge 0"),
+        (20, b"\x00\x00\x00\x00", "filter token not that of the echo"),
+        (88, bytes(8), "echo 0 with a token"),
     ],
 )
 def test_malformed_fields_with_valid_mac(offset: int, value: bytes, what: str) -> None:
     assert reason_of(patch(GOLDEN, offset, value)) is RejectReason.MALFORMED, what
 
 
-def test_check_order_size_before_everything() -> None:
-    assert reason_of(b"XXXX" + GOLDEN[4:-1]) is RejectReason.TRUNCATED
+def test_check_order_magic_and_version_before_size() -> None:
+    assert reason_of(b"XXXX" + GOLDEN[4:-1]) is RejectReason.BAD_MAGIC
+    assert reason_of(GOLDEN[:4] + b"\x01" + GOLDEN[5:-1]) is RejectReason.BAD_VERSION
+    assert reason_of(b"HAPR") is RejectReason.TRUNCATED
+    assert reason_of(b"HA") is RejectReason.TRUNCATED
+
+
+def test_check_order_size_before_cluster() -> None:
+    assert reason_of(GOLDEN[:-1], cluster=cluster_id("other")) is RejectReason.TRUNCATED
 
 
 def test_check_order_cluster_before_mac() -> None:
@@ -292,6 +346,7 @@ def test_reject_counter_starts_empty() -> None:
 # --- properties -----------------------------------------------------------------------
 
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
+U64_NONZERO = st.integers(min_value=1, max_value=2**64 - 1)
 U8 = st.integers(min_value=0, max_value=255)
 NODE_NAMES = st.text(
     alphabet=st.characters(blacklist_characters="\x00", codec="utf-8"), min_size=1
@@ -306,8 +361,10 @@ HEARTBEATS = st.builds(
     effective_priority=U8,
     resigning=st.booleans(),
     term=U64,
-    seq=U64,
-    boot_epoch=U64,
+    run=U64_NONZERO,
+    seq=U64_NONZERO,
+    challenge=U64_NONZERO,
+    echo=U64,
     interval_ms=st.integers(min_value=1, max_value=2**32 - 1),
     vip_digest=st.binary(min_size=8, max_size=8),
     maintenance=st.booleans(),
@@ -329,13 +386,13 @@ def test_arbitrary_bytes_only_ever_raise_rejected(data: bytes) -> None:
 
 @given(st.binary(min_size=PACKET_SIZE, max_size=PACKET_SIZE))
 def test_unsigned_packets_with_right_header_fail_the_mac(raw: bytes) -> None:
-    data = b"HAPR\x01" + raw[5:12] + CLUSTER + raw[20:]
+    data = b"HAPR\x02" + raw[5:12] + CLUSTER + raw[20:]
     assert reason_of(data) is RejectReason.BAD_MAC
 
 
 @given(st.binary(min_size=BODY_SIZE, max_size=BODY_SIZE))
 def test_signed_garbage_decodes_or_is_malformed(garbage: bytes) -> None:
-    body = b"HAPR\x01" + garbage[5:12] + CLUSTER + garbage[20:]
+    body = b"HAPR\x02" + garbage[5:12] + CLUSTER + garbage[20:]
     try:
         hb = decode(resign(body), KEY, CLUSTER)
     except Rejected as exc:
@@ -356,6 +413,12 @@ def test_single_byte_mutation_is_always_rejected(hb: Heartbeat, data: st.DataObj
     except Rejected:
         return
     pytest.fail(f"mutated packet accepted as {decoded!r} (original {hb!r})")
+
+
+@given(st.binary(max_size=2 * PACKET_SIZE))
+def test_bytes_behind_a_right_header_only_ever_raise_rejected(tail: bytes) -> None:
+    with pytest.raises(Rejected):
+        decode(b"HAPR\x02" + tail, KEY, CLUSTER)
 
 
 @given(HEARTBEATS, st.sampled_from([PACKET_SIZE - 1, PACKET_SIZE + 1, 0, BODY_SIZE]))

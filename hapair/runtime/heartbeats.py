@@ -1,0 +1,210 @@
+"""Heartbeat send and receive for one node: datagrams in, PeerHeard events out; state in, packets.
+
+Owns this process's run nonce and sequence, the challenge/echo state (`Freshness`) and the
+rejection counts. It never reads the clock: `now` comes from the driver.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hapair.core.events import PeerHeard
+from hapair.core.roles import Role
+from hapair.wire.freshness import Freshness, Verdict
+from hapair.wire.heartbeat import (
+    Heartbeat,
+    Rejected,
+    RejectReason,
+    decode,
+    encode,
+    filter_token,
+)
+from hapair.wire.rejects import RejectCounter
+
+
+def random64() -> int:
+    """A random non-zero 64-bit value from the OS's CSPRNG (runs and challenges)."""
+    return secrets.randbelow(2**64 - 1) + 1
+
+
+class HeartbeatObserver(Protocol):
+    """Where heartbeat counts go (metrics); `OpsNotifier` is one."""
+
+    def heartbeat_sent(self) -> None:
+        """One heartbeat went out."""
+
+    def heartbeat_received(self, peer: str, now: float) -> None:
+        """A heartbeat from `peer` was accepted at `now`."""
+
+    def heartbeat_rejected(self, reason: RejectReason) -> None:
+        """A datagram was refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkCopy:
+    """The peer's newest heartbeat arrived again on another link: that link is alive."""
+
+    node: str
+    link: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """What this node says in its next heartbeat (from the election)."""
+
+    role: Role
+    effective_priority: int
+    resigning: bool
+    term: int
+    maintenance: bool
+
+
+class Heartbeats:
+    """This node's heartbeat protocol state (version 2); see docs/protocol.md."""
+
+    def __init__(
+        self,
+        node: str,
+        cluster: bytes,
+        key: bytes,
+        *,
+        base_priority: int,
+        interval_ms: int,
+        vip_digest: bytes,
+        log: Any,
+        observer: HeartbeatObserver | None = None,
+        random: Callable[[], int] = random64,
+    ) -> None:
+        self.node = node
+        self.cluster = cluster
+        self.key = key
+        self.base_priority = base_priority
+        self.interval_ms = max(1, interval_ms)
+        self.vip_digest = vip_digest
+        self.log = log
+        self.observer = observer
+        self.run = random()
+        self.seq = 0
+        self.freshness = Freshness(random)
+        self.rejects = RejectCounter()
+        self._accepted_on: dict[str, str] = {}
+        self._tokens_seen = (-1, False)
+        #: Called with the new filter tokens whenever they change (the transport's filter).
+        self.on_tokens: Callable[[tuple[bytes, ...]], None] | None = None
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def receive(
+        self, datagrams: Iterable[tuple[bytes, str]], now: float
+    ) -> list[PeerHeard | LinkCopy]:
+        """Judge each (datagram, source address); return the accepted ones as events, in order."""
+        out: list[PeerHeard | LinkCopy] = []
+        for data, source in datagrams:
+            try:
+                event = self._judge(data, source)
+            except Rejected as exc:
+                self._rejected(exc, source)
+                continue
+            if isinstance(event, PeerHeard) and self.observer is not None:
+                self.observer.heartbeat_received(event.node, now)
+            if event is not None:
+                out.append(event)
+        self._tokens_maybe_changed()
+        return out
+
+    def _judge(self, data: bytes, source: str) -> PeerHeard | LinkCopy | None:
+        hb = decode(data, self.key, self.cluster)
+        if hb.node == self.node:
+            raise Rejected(RejectReason.SELF, f"from {source}")
+        verdict = self.freshness.check(hb.node, hb.run, hb.seq, hb.challenge, hb.echo)
+        if verdict is Verdict.SAME:
+            if self._accepted_on.get(hb.node) != source:
+                # The same heartbeat, sent on every link, arriving on a second one.
+                return LinkCopy(hb.node, source)
+            raise Rejected(RejectReason.REPLAY, f"{hb.node} seq {hb.seq} again from {source}")
+        reason = verdict.reject_reason
+        if reason is not None:
+            raise Rejected(reason, f"{hb.node} run {hb.run:016x} seq {hb.seq} from {source}")
+        self._accepted_on[hb.node] = source
+        if verdict is Verdict.NEW_RUN:
+            self.log.info("peer_run_accepted", peer=hb.node, run=f"{hb.run:016x}", link=source)
+        return PeerHeard(
+            node=hb.node,
+            role=hb.role,
+            base_priority=hb.base_priority,
+            effective_priority=hb.effective_priority,
+            resigning=hb.resigning,
+            term=hb.term,
+            interval=hb.interval_ms / 1000,
+            vip_digest=hb.vip_digest,
+            link=source,
+            maintenance=hb.maintenance,
+        )
+
+    def _rejected(self, exc: Rejected, source: str) -> None:
+        if self.observer is not None:
+            self.observer.heartbeat_rejected(exc.reason)
+        if self.rejects.record(exc.reason):
+            self.log.warning(
+                "heartbeat_rejected",
+                reason=exc.reason.value,
+                source=source,
+                detail=exc.detail,
+                note="logged once per reason; then only counted (see hapair status)",
+            )
+
+    # -- sending -------------------------------------------------------------------------
+
+    def packet(self, out: Outgoing) -> bytes:
+        """The next signed heartbeat (seq + 1), carrying our challenge and the echo."""
+        self.seq += 1
+        hb = Heartbeat(
+            cluster_id=self.cluster,
+            node=self.node,
+            role=out.role,
+            base_priority=self.base_priority,
+            effective_priority=out.effective_priority,
+            resigning=out.resigning,
+            term=out.term,
+            run=self.run,
+            seq=self.seq,
+            challenge=self.freshness.challenge,
+            echo=self.freshness.echo,
+            interval_ms=self.interval_ms,
+            vip_digest=self.vip_digest,
+            maintenance=out.maintenance,
+        )
+        if self.observer is not None:
+            self.observer.heartbeat_sent()
+        return encode(hb, self.key)
+
+    # -- the kernel filter's tokens ------------------------------------------------------
+
+    def filter_tokens(self) -> tuple[bytes, ...]:
+        """(T(C), T(C_prev)) once a peer run is accepted; () before: filter on address only.
+
+        Before any peer run is accepted, the peer cannot be echoing our challenge yet (it may
+        be echoing 0 or a challenge of our previous process), and its packets must still get
+        in: they carry the challenge we must echo for it to accept us.
+        """
+        f = self.freshness
+        if not f.any_accepted():
+            return ()
+        tokens = [filter_token(self.key, f.challenge)]
+        if f.previous_challenge:
+            tokens.append(filter_token(self.key, f.previous_challenge))
+        return tuple(tokens)
+
+    def _tokens_maybe_changed(self) -> None:
+        seen = (self.freshness.rotations, self.freshness.any_accepted())
+        if seen != self._tokens_seen:
+            self._tokens_seen = seen
+            if self.on_tokens is not None:
+                self.on_tokens(self.filter_tokens())
+
+    def rejected(self) -> dict[str, int]:
+        """{reason: count} for status and metrics."""
+        return self.rejects.counts()
