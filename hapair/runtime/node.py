@@ -284,7 +284,7 @@ class Node:
     # -- inputs --------------------------------------------------------------------------
 
     def _read_heartbeats(self) -> None:
-        for data, source in self.io.transport.receive():
+        for data, source, _link in self.io.transport.receive():
             try:
                 hb = decode(data, self.key, self.cluster_id)
                 if hb.node == self.cfg.node.name:
@@ -569,6 +569,7 @@ class Node:
             now=self.clock.now(),
             transition_wall=self.ops.last_transition_wall,
             started_wall=self.started_wall,
+            drops=self.io.transport.drops(),
         )
         if self.io.balancer is not None:
             status["balancer"] = self.io.balancer.status()

@@ -24,7 +24,15 @@ from hapair.net.vip import VipManager
 from hapair.runtime.control import is_live
 from hapair.runtime.state import load_state, next_boot_epoch, save_state
 from hapair.runtime.wiring import vips_of
-from hapair.wire.heartbeat import Heartbeat, Rejected, cluster_id, decode, encode, vip_digest
+from hapair.wire.heartbeat import (
+    PACKET_SIZE,
+    Heartbeat,
+    Rejected,
+    cluster_id,
+    decode,
+    encode,
+    vip_digest,
+)
 
 #: Longest release waits for the peer to confirm it is MASTER before removing the VIP anyway.
 CONFIRM_WAIT_MAX: Final = 1.0
@@ -89,7 +97,9 @@ def _hand_to_peer(cfg: Config, report: ReleaseReport) -> None:
         return
     try:
         key = read_secret(cfg.cluster.secret_file)
-        transport = UdpTransport(cfg.cluster.port, cfg.cluster.peer_addresses)
+        transport = UdpTransport(
+            cfg.cluster.port, cfg.cluster.peer_addresses, packet_size=PACKET_SIZE
+        )
     except (ConfigError, HapairError) as exc:
         report.notes.append(
             f"could not tell the peer to take over ({exc}); it will after its dead timer"
@@ -126,7 +136,7 @@ def _hand_to_peer(cfg: Config, report: ReleaseReport) -> None:
                 transport.send(encode(hb, key))
                 next_send = now + min(cfg.cluster.interval, 0.05)
             select.select(transport.filenos(), [], [], max(0.0, min(next_send - now, 0.01)))
-            for data, _source in transport.receive():
+            for data, _source, _link in transport.receive():
                 try:
                     peer = decode(data, key, cid)
                 except Rejected:
