@@ -27,7 +27,7 @@ from typing import Final, Protocol
 
 from hapair.config import Config
 from hapair.errors import HapairError
-from hapair.net.transport import RECV_SIZE, UdpTransport
+from hapair.net.transport import RECV_SIZE, PortListener
 from hapair.ops.doctor_checks import Finding, ok, peer_family
 from hapair.wire.heartbeat import Heartbeat, Rejected, RejectReason, cluster_id, decode, vip_digest
 
@@ -136,7 +136,8 @@ def capture_heartbeats(cfg: Config, *, port_free: bool, raw_ok: bool, wait: floa
     try:
         if port_free:
             peers = cfg.cluster.peer_addresses
-            receiver, method = UdpTransport(port, peers), f"listened on UDP {port}"
+            families = {peer_family(p) for p in peers}
+            receiver, method = PortListener(port, families), f"listened on UDP {port}"
         elif raw_ok:
             receiver = RawWatch(port, sorted({peer_family(p) for p in cfg.cluster.peer_addresses}))
             method = f"watched UDP {port} with a raw socket (the port is taken)"

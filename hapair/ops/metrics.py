@@ -14,7 +14,7 @@ import socket
 import socketserver
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from hapair import __version__
@@ -77,6 +77,7 @@ class _Snapshot:
     held: frozenset[str]
     last_seen: tuple[tuple[str, float], ...]
     now: float
+    drops: tuple[tuple[str, int], ...] = ()
 
 
 class _LiveCollector(Collector):
@@ -106,14 +107,21 @@ class _LiveCollector(Collector):
             "Seconds since the last heartbeat accepted from the peer",
             labels=["peer"],
         )
+        dropped = CounterMetricFamily(
+            "hapair_heartbeat_dropped",
+            "Datagrams the kernel dropped on a heartbeat link's socket (filter, full queue)",
+            labels=["link"],
+        )
         if snap is not None:
+            for link, n in snap.drops:
+                dropped.add_metric([link], float(n))
             for r in Role:
                 role.add_metric([r.name], 1.0 if r is snap.role else 0.0)
             for vip in snap.vips:
                 held.add_metric([vip], 1.0 if vip in snap.held else 0.0)
             for peer, at in snap.last_seen:
                 seen.add_metric([peer], max(0.0, snap.now - at))
-        yield from (role, held, seen)
+        yield from (role, held, seen, dropped)
 
 
 class Metrics:
@@ -128,6 +136,7 @@ class Metrics:
         self._held: frozenset[str] = frozenset()
         self._last_seen: dict[str, float] = {}
         self._backends: dict[str, bool] = {}
+        self._drops: Callable[[], Mapping[str, int]] | None = None
         r = self.registry
         Info("hapair", "The daemon's version, cluster and node", registry=r).info(
             {"version": __version__, "cluster": cluster, "node": node}
@@ -264,12 +273,23 @@ class Metrics:
         if name in self._backends:
             self._probe.labels(name).observe(seconds)
 
+    def watch_drops(self, source: Callable[[], Mapping[str, int]]) -> None:
+        """Read the kernel's per-link drop counts from ``source`` at each scrape."""
+        self._drops = source
+
     def _snapshot(self) -> _Snapshot:
         now = self._clock.now()
+        drops: tuple[tuple[str, int], ...] = ()
+        if self._drops is not None:
+            try:  # on the scrape thread: a socket closed meanwhile must not fail the scrape
+                drops = tuple(sorted(self._drops().items()))
+            except (OSError, RuntimeError, ValueError):
+                drops = ()
         with self._lock:
             return _Snapshot(
-                self._role, self._vips, self._held, tuple(sorted(self._last_seen.items())), now
-            )
+                self._role, self._vips, self._held, tuple(sorted(self._last_seen.items())), now,
+                drops,
+            )  # fmt: skip
 
 
 class _Server(ThreadingHTTPServer):

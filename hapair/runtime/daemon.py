@@ -36,6 +36,7 @@ from hapair.runtime.state import (
     load_and_repair,
 )
 from hapair.runtime.wiring import Adapters, PeerFeed, vips_of
+from hapair.wire.heartbeat import PACKET_SIZE
 
 CAP_NET_ADMIN: Final = 12
 CAP_NET_RAW: Final = 13
@@ -121,7 +122,9 @@ class Daemon:
             # Netlink retries must give up well inside the failover budget.
             vips = VipManager(retry_budget=min(0.15, cfg.cluster.dead_interval / 4))
             stack.callback(vips.close)
-            transport = UdpTransport(cfg.cluster.port, cfg.cluster.peer_addresses)
+            transport = UdpTransport(
+                cfg.cluster.port, cfg.cluster.peer_addresses, packet_size=PACKET_SIZE
+            )
             if cfg.cluster.peers_auto:
                 transport.open_family(socket.AF_INET)  # discovery runs over IPv4
             stack.callback(transport.close)
@@ -152,6 +155,7 @@ class Daemon:
                     vips=[str(v.address) for v in vips_of(cfg)],
                 )  # fmt: skip
                 host, port = cfg.metrics.listen
+                metrics.watch_drops(transport.drops)
                 server = MetricsServer(metrics, str(host), port)
                 server.start()
                 stack.callback(server.close)

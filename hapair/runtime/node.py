@@ -127,6 +127,8 @@ class Node:
             base_priority=cfg.node.priority, interval_ms=_interval_ms(cfg),
             vip_digest=self.election.settings.vip_digest, log=self.log, observer=self.ops,
         )  # fmt: skip
+        # The kernel filter follows our challenge: () = not yet strict, filter on address only.
+        self.heartbeats.on_tokens = lambda tokens: io.transport.set_tokens(tokens or None)
         self._macs: dict[str, bytes] = {}
         self.done = False
 
@@ -269,7 +271,8 @@ class Node:
 
     def _read_heartbeats(self) -> None:
         now = self.clock.now()
-        for event in self.heartbeats.receive(self.io.transport.receive(), now):
+        datagrams = ((data, source) for data, source, _link in self.io.transport.receive())
+        for event in self.heartbeats.receive(datagrams, now):
             if isinstance(event, LinkCopy):
                 self.election.note_link(event.node, event.link, now)
             else:
@@ -499,6 +502,7 @@ class Node:
             now=self.clock.now(),
             transition_wall=self.ops.last_transition_wall,
             started_wall=self.started_wall,
+            drops=self.io.transport.drops(),
         )
         if self.io.balancer is not None:
             status["balancer"] = self.io.balancer.status()

@@ -27,7 +27,7 @@ from hapair.net.vip import VipManager
 from hapair.runtime.control import is_live
 from hapair.runtime.heartbeats import Heartbeats, Outgoing
 from hapair.runtime.wiring import vips_of
-from hapair.wire.heartbeat import cluster_id, vip_digest
+from hapair.wire.heartbeat import PACKET_SIZE, cluster_id, vip_digest
 
 #: Longest release listens and waits for the peer to confirm MASTER, all told, before it
 #: removes the VIP anyway (also bounded by the dead time: the peer takes over by then).
@@ -97,7 +97,9 @@ def _hand_to_peer(cfg: Config, report: ReleaseReport) -> None:
         return
     try:
         key = read_secret(cfg.cluster.secret_file)
-        transport = UdpTransport(cfg.cluster.port, cfg.cluster.peer_addresses)
+        transport = UdpTransport(
+            cfg.cluster.port, cfg.cluster.peer_addresses, packet_size=PACKET_SIZE
+        )
     except (ConfigError, HapairError) as exc:
         report.notes.append(
             f"could not tell the peer to take over ({exc}); it will after its dead timer"
@@ -140,7 +142,8 @@ def _speak_fault(cfg: Config, key: bytes, transport: UdpTransport, report: Relea
             next_send = now + RESEND_EVERY
         wake = start + bound if next_send is None else min(next_send, start + bound)
         select.select(transport.filenos(), [], [], max(0.0, min(wake - now, 0.01)))
-        for event in hb.receive(transport.receive(), now):
+        datagrams = ((data, source) for data, source, _link in transport.receive())
+        for event in hb.receive(datagrams, now):
             if isinstance(event, PeerHeard) and event.role is Role.MASTER:
                 report.peer_master = event.node
                 report.waited = time.monotonic() - start

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from hapair.config.model import Config
@@ -20,6 +20,7 @@ def build_status(
     now: float,
     transition_wall: float | None,
     started_wall: float,
+    drops: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Role, priorities, peers with per-link ages, VIPs, last transition, rejects, uptime."""
     e = election
@@ -58,5 +59,7 @@ def build_status(
             "at": transition_wall,
         },
         "rejected": rejected,
+        # Refused by the kernel filter of each link, or lost to a full queue (never logged).
+        "heartbeat_drops": dict(sorted((drops or {}).items())),
         "uptime": round(time.time() - started_wall, 3),
     }

@@ -175,14 +175,19 @@ def test_ipv6_vip_fails_over_and_unsolicited_na_moves_the_client() -> None:
 # -- authentication and replay ----------------------------------------------------------------
 
 
-def _send_from_client(lab: Lab, packets: list[bytes], dest: str) -> None:
+def _send_from_client(lab: Lab, packets: list[bytes], dest: str, spoof: str) -> None:
+    """Send from the client, forging ``spoof`` (a peer's address and port) as the source:
+    the kernel filter drops anything else before the daemon sees it."""
     code = (
         "import socket,sys,binascii\n"
-        "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-        "for h in sys.argv[2:]:\n"
-        "    s.sendto(binascii.unhexlify(h),(sys.argv[1],694))\n"
+        "from hapair.lab.flood import udp_ipv4\n"
+        "s=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_RAW)\n"
+        "s.setsockopt(socket.IPPROTO_IP,socket.IP_HDRINCL,1)\n"
+        "for h in sys.argv[3:]:\n"
+        "    s.sendto(udp_ipv4(sys.argv[2],sys.argv[1],694,694,binascii.unhexlify(h)),"
+        "(sys.argv[1],0))\n"
     )
-    lab.exec("c", [sys.executable, "-c", code, dest, *(p.hex() for p in packets)])
+    lab.exec("c", [sys.executable, "-c", code, dest, spoof, *(p.hex() for p in packets)])
 
 
 def test_forged_and_replayed_heartbeats_change_nothing(lab: Lab) -> None:
@@ -202,7 +207,9 @@ def test_forged_and_replayed_heartbeats_change_nothing(lab: Lab) -> None:
     forged = resign(10**12, state["boot_epoch"], b"\x00" * 32)  # wrong key
     replayed = resign(1, state["boot_epoch"], key)  # genuine key, a sequence already used
     stale_epoch = resign(10**12, state["boot_epoch"] - 1, key)  # an older boot of a
-    _send_from_client(lab, [forged, replayed, stale_epoch, b"garbage", b"\x00" * 500], LAN4["b"])
+    packets = [forged, replayed, stale_epoch, b"garbage", b"\x00" * 500]
+    _send_from_client(lab, packets, LAN4["b"], spoof=LAN4["a"])
+    _send_from_client(lab, [forged], LAN4["b"], spoof=LAN4["c"])  # not a peer
     time.sleep(10 * FAST.interval)
     assert lab.vip_holders() == ["a"]
     assert role(lab, "b") == "BACKUP" and role(lab, "a") == "MASTER"
@@ -212,7 +219,10 @@ def test_forged_and_replayed_heartbeats_change_nothing(lab: Lab) -> None:
     assert isinstance(rejected, dict)
     assert rejected.get("bad_mac", 0) >= 1
     assert rejected.get("replay", 0) >= 2
-    assert rejected.get("truncated", 0) >= 1 and rejected.get("oversized", 0) >= 1
+    # The wrong sizes and the stranger never reach the daemon: the kernel filter drops them.
+    assert "truncated" not in rejected and "oversized" not in rejected
+    drops = status["heartbeat_drops"]
+    assert isinstance(drops, dict) and drops.get(LAN4["a"], 0) >= 3
     # Logged once per reason, then only counted.
     reasons = [e["reason"] for e in events(lab, "heartbeat_rejected", "b")]
     assert len(reasons) == len(set(reasons))
