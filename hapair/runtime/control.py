@@ -82,7 +82,7 @@ def user_groups(uid: int, gid: int) -> frozenset[int]:
 
 def group_id(group: str) -> int:
     """The gid of a group name or number (validated to exist by the config)."""
-    return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    return int(group) if group.isascii() and group.isdigit() else grp.getgrnam(group).gr_gid
 
 
 @dataclass(frozen=True)
