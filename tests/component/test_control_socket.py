@@ -23,7 +23,7 @@ import pytest
 
 from hapair.config.load import validate_config
 from hapair.errors import ConfigError
-from hapair.runtime.control import MAX_DEPTH, MAX_REQUEST, ControlServer, request
+from hapair.runtime.control import MAX_CLIENTS, MAX_DEPTH, MAX_REQUEST, ControlServer, request
 
 GROUP = "nogroup"
 NOBODY = 65534
@@ -369,3 +369,26 @@ def test_an_unknown_group_is_a_config_error() -> None:
             "group 'no-such-group-hapair' does not exist on this host"
             " (groupadd no-such-group-hapair)",
         ) in info.value.problems
+
+
+def test_idle_connections_beyond_the_cap_are_answered_busy(tmp_path: Path) -> None:
+    path = tmp_path / "c.sock"
+    log = Log()
+
+    async def body(server: ControlServer) -> dict[str, Any]:
+        idle = []
+        for _ in range(MAX_CLIENTS):
+            idle.append(await asyncio.open_unix_connection(str(path)))
+        # Let the server accept them all (each then waits for its request line).
+        for _ in range(100):
+            if server._clients == MAX_CLIENTS:
+                break
+            await asyncio.sleep(0.01)
+        reply = await asyncio.to_thread(request, path, {"cmd": "status"})
+        for _, writer in idle:
+            writer.close()
+        return reply
+
+    reply, errors = serve(path, body, log=log)
+    assert reply == {"ok": False, "error": f"busy: {MAX_CLIENTS} requests are being served"}
+    assert [f["kind"] for _, f in log.lines] == ["busy"] and not errors

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
-from hapair.config import Config, ConfigError, load_config
+from hapair.config import Config, ConfigError, load_config, read_secret
 from hapair.config.explain import config_warnings
 from hapair.config.load import MAX_NESTING, parse_toml, socket_path_hint, validate_config
 
@@ -432,3 +433,27 @@ def test_any_values_end_in_a_config_or_a_config_error(
         validate_config(data, check_secret=True)
     except ConfigError as exc:
         assert exc.problems and all(isinstance(m, str) and m for _, m in exc.problems)
+
+
+def test_read_secret_refuses_a_fifo_at_once(tmp_path: Path) -> None:
+    # run, reload and release read the key through read_secret.
+    fifo = tmp_path / "secret"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as info:
+        read_secret(fifo)
+    assert info.value.problems == [
+        (
+            "cluster.secret_file",
+            f"{fifo} is a FIFO (named pipe), not a regular file (it must hold the key)",
+        )
+    ]
+
+
+def test_run_logs_each_warning_once_at_start(tmp_path: Path) -> None:
+    from hapair.runtime.daemon import log_config_warnings
+
+    cfg = load_config(write(tmp_path, base(interface="lo", vip="10.0.0.50/1")), check_secret=False)
+    with capture_logs() as logs:
+        log_config_warnings(cfg)
+    assert [e["warning"] for e in logs if e["event"] == "config_warning"] == config_warnings(cfg)
+    assert len(config_warnings(cfg)) == 2
