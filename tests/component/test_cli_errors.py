@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hapair.cli import main
 from tests.unit.test_config_input import base
 
 # Generous: a hang is what is tested, not speed (a blocking FIFO open never returns).
@@ -94,3 +95,11 @@ def test_release_with_a_bad_file_is_a_config_error(tmp_path: Path) -> None:
     done = hapair("release", "-c", str(path), cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "  cluster.peers[0]: '255.255.255.255' is not a unicast host address" in done.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "soon"])
+def test_a_bad_timeout_is_a_usage_error(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["handover", "--timeout", value])
+    assert info.value.code == 2
+    assert "argument --timeout: " in capsys.readouterr().err
