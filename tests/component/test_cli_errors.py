@@ -37,12 +37,6 @@ NASTY: list[tuple[str, str, str]] = [
         "  runtime.state_dir: arrays or tables nested",
     ),
     ("401-digit interval", base(cluster="interval = " + "1" * 401), "  cluster.interval: "),
-    ("peer 127.0.0.1", base(peers='"127.0.0.1"'), "  cluster.peers[0]: '127.0.0.1'"),
-    (
-        "relative hook",
-        base(extra='[[hook]]\non = ["role"]\ncommand = ["x"]\n'),
-        "  hook[0].command",
-    ),
 ]
 
 
