@@ -13,7 +13,8 @@ from structlog.testing import capture_logs
 
 from hapair.config import Config, ConfigError, load_config, read_secret
 from hapair.config.explain import config_warnings
-from hapair.config.load import MAX_NESTING, parse_toml, socket_path_hint, validate_config
+from hapair.config.load import socket_path_hint, validate_config
+from hapair.config.source import MAX_NESTING, parse_toml
 
 KEY = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="  # 32 bytes, base64
 
