@@ -366,7 +366,8 @@ def build_parser(with_lab: bool = True) -> argparse.ArgumentParser:
     p.add_argument(
         "--no-secret",
         action="store_true",
-        help="do not read cluster.secret_file (e.g. checking a file for another host)",
+        help="do not read cluster.secret_file nor look for the hook and track programs"
+        " (e.g. checking a file for another host)",
     )
     p.set_defaults(func=cmd_check_config)
 
