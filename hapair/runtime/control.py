@@ -229,7 +229,7 @@ class ControlServer:
             if task is not None:
                 self._active.pop(task, None)
             writer.close()
-            with contextlib.suppress(ConnectionError):
+            with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
     async def _answer(
