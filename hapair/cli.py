@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -16,6 +17,17 @@ from hapair.errors import ConfigError, HapairError
 DEFAULT_CONFIG: Final = "/etc/hapair/hapair.toml"
 
 _RAW = argparse.RawDescriptionHelpFormatter
+
+
+def _seconds(text: str) -> float:
+    """A --timeout/--wait value: a finite number of seconds >= 0 (argparse says why not)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number of seconds >= 0")
+    return value
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -354,7 +366,8 @@ def build_parser(with_lab: bool = True) -> argparse.ArgumentParser:
     p.add_argument(
         "--no-secret",
         action="store_true",
-        help="do not read cluster.secret_file (e.g. checking a file for another host)",
+        help="do not read cluster.secret_file nor look for the hook and track programs"
+        " (e.g. checking a file for another host)",
     )
     p.set_defaults(func=cmd_check_config)
 
@@ -400,7 +413,7 @@ def build_parser(with_lab: bool = True) -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("state", choices=["on", "off"])
     p.add_argument(
-        "--timeout", type=float, default=None, metavar="SECONDS",
+        "--timeout", type=_seconds, default=None, metavar="SECONDS",
         help="how long to wait for the peer to take over (default: 10)",
     )  # fmt: skip
     p.set_defaults(func=cmd_maintenance)
@@ -432,7 +445,7 @@ def build_parser(with_lab: bool = True) -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=None,
         metavar="SECONDS",
         help="how long to wait for confirmation (default: dead time + 2 s)",
@@ -538,7 +551,7 @@ def build_parser(with_lab: bool = True) -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(
-        "--wait", type=float, default=None, metavar="SECONDS",
+        "--wait", type=_seconds, default=None, metavar="SECONDS",
         help="how long to listen for the peer (default: 1 s, or 3 heartbeat intervals)",
     )  # fmt: skip
     p.set_defaults(func=cmd_doctor)
@@ -556,7 +569,7 @@ def build_parser(with_lab: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--cluster", default=None, metavar="NAME", help="only nodes of this cluster")
     p.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=1.5,
         metavar="SECONDS",
         help="how long to listen for answers (default: 1.5)",

@@ -59,7 +59,7 @@ def _dns_name(value: object) -> str:
     name = value.strip().rstrip(".").lower()
     labels = name.split(".")
     if not name or len(name) > 253 or not all(_LABEL_RE.fullmatch(label) for label in labels):
-        raise problem(f'{value!r} is not a domain name (e.g. "www.example.com")')
+        raise problem(f'{toml_repr(value)} is not a domain name (e.g. "www.example.com")')
     return name
 
 

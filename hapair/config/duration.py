@@ -26,7 +26,7 @@ def parse_duration(value: object) -> float:
         try:
             seconds = float(value)
         except OverflowError:  # an int beyond float's range
-            raise ValueError(f"{shown} is not a finite duration") from None
+            raise ValueError(f"{shown} is far too large for a duration") from None
     elif isinstance(value, str):
         match = _PATTERN.fullmatch(value.strip())
         if match is None:

@@ -54,17 +54,18 @@ def problem(message: str) -> PydanticCustomError:
 
 def _check_name(value: object) -> str:
     if not isinstance(value, str):
-        raise problem(f"must be a string (got {value!r})")
+        raise problem(f"must be a string (got {toml_repr(value)})")
     if not 1 <= len(value.encode()) <= NAME_MAX_BYTES or not _NAME_RE.fullmatch(value):
         raise problem(
-            f"must be 1 to {NAME_MAX_BYTES} characters from A-Z a-z 0-9 . _ - (got {value!r})"
+            f"must be 1 to {NAME_MAX_BYTES} characters from A-Z a-z 0-9 . _ -"
+            f" (got {toml_repr(value)})"
         )
     return value
 
 
 def _check_ifname(value: object) -> str:
     if not isinstance(value, str):
-        raise problem(f"must be an interface name string (got {value!r})")
+        raise problem(f"must be an interface name string (got {toml_repr(value)})")
     size = len(value.encode())
     if (
         not 1 <= size <= IFNAME_MAX_BYTES
@@ -72,7 +73,7 @@ def _check_ifname(value: object) -> str:
         or any(c in "/:" or c.isspace() for c in value)
     ):
         raise problem(
-            f"{value!r} is not a valid interface name: 1 to {IFNAME_MAX_BYTES} bytes,"
+            f"{toml_repr(value)} is not a valid interface name: 1 to {IFNAME_MAX_BYTES} bytes,"
             " no '/', ':' or whitespace"
         )
     return value
@@ -80,13 +81,13 @@ def _check_ifname(value: object) -> str:
 
 def _check_abs_path(value: object) -> Path:
     if not isinstance(value, str) or not value:
-        raise problem(f"must be a non-empty path string (got {value!r})")
+        raise problem(f"must be a non-empty path string (got {toml_repr(value)})")
     if "\0" in value:
         raise problem("must not contain a NUL character")
     path = Path(value)
     if not path.is_absolute():
         # The daemon's working directory is not something to depend on.
-        raise problem(f"must be an absolute path (got {value!r})")
+        raise problem(f"must be an absolute path (got {toml_repr(value)})")
     return path
 
 
@@ -117,7 +118,7 @@ def _parse_host(value: object) -> IpAddress:
         raise problem(f"{toml_repr(value)} is not an IPv4 or IPv6 address") from None
     reason = _not_a_host(address)
     if reason is not None:
-        raise problem(f"{value!r} is not a unicast host address: it is {reason}")
+        raise problem(f"{toml_repr(value)} is not a unicast host address: it is {reason}")
     return address
 
 
@@ -132,24 +133,24 @@ def _parse_vip(value: object) -> IpInterface:
     ip = iface.ip
     reason = _not_a_host(ip)
     if reason is not None:
-        raise problem(f"{value!r} cannot float between nodes: it is {reason}")
+        raise problem(f"{toml_repr(value)} cannot float between nodes: it is {reason}")
     if isinstance(ip, IPv6Address) and ip.is_link_local:
         raise problem(
-            f"{value!r} is link-local (fe80::/10): valid on one link only and never routed;"
-            " use a global or unique-local (fd00::/8) address"
+            f"{toml_repr(value)} is link-local (fe80::/10): valid on one link only and never"
+            " routed; use a global or unique-local (fd00::/8) address"
         )
     net = iface.network
     if net.prefixlen == 0:
         raise problem(
-            f"{value!r}: prefix /0 covers every address (the kernel would add an on-link route"
-            ' for all of them): use the subnet\'s own prefix, e.g. "10.0.0.50/24"'
+            f"{toml_repr(value)}: prefix /0 covers every address (the kernel would add an"
+            ' on-link route for all of them): use the subnet\'s own prefix, e.g. "10.0.0.50/24"'
         )
     if (
         isinstance(iface, IPv4Interface)
         and net.prefixlen <= 30
         and ip in {net.network_address, net.broadcast_address}
     ):
-        raise problem(f"{value!r} is the network or broadcast address of {net}")
+        raise problem(f"{toml_repr(value)} is the network or broadcast address of {net}")
     return iface
 
 
@@ -194,7 +195,7 @@ def _check_argv(value: object) -> tuple[str, ...]:
         )
     for index, arg in enumerate(value):
         if not isinstance(arg, str):
-            raise problem(f"command[{index}] must be a string (got {arg!r})")
+            raise problem(f"command[{index}] must be a string (got {toml_repr(arg)})")
         if "\0" in arg:
             raise problem(f"command[{index}] must not contain a NUL character")
     program = value[0]
@@ -268,7 +269,9 @@ def _auto_or_addresses(value: object, handler: ValidatorFunctionWrapHandler) -> 
     if value == AUTO_PEERS:
         return AUTO_PEERS
     if isinstance(value, str):
-        raise problem(f'must be "auto" or an array of addresses, e.g. ["10.0.0.2"] (got {value!r})')
+        raise problem(
+            f'must be "auto" or an array of addresses, e.g. ["10.0.0.2"] (got {toml_repr(value)})'
+        )
     return handler(value)
 
 
@@ -292,11 +295,12 @@ def parse_endpoint(value: object, hint: str, *, wildcard: bool = False) -> tuple
     try:
         address = ip_address(host)
     except ValueError:
-        raise problem(f"{value!r}: {host!r} is not an IP address ({hint})") from None
+        shown = f"{toml_repr(value)}: {toml_repr(host)}"
+        raise problem(f"{shown} is not an IP address ({hint})") from None
     if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise problem(f"{value!r}: the port must be 1 to 65535 ({hint})")
+        raise problem(f"{toml_repr(value)}: the port must be 1 to 65535 ({hint})")
     if wildcard and address.is_multicast:
-        raise problem(f"{value!r} is a multicast address")
+        raise problem(f"{toml_repr(value)} is a multicast address")
     if not wildcard and (address.is_unspecified or address.is_multicast):
-        raise problem(f"{value!r} is not a unicast host address")
+        raise problem(f"{toml_repr(value)} is not a unicast host address")
     return address, int(port)

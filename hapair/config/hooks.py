@@ -62,7 +62,9 @@ def _check_env(value: object) -> tuple[tuple[str, str], ...]:
     pairs: list[tuple[str, str]] = []
     for name, text in value.items():
         if not isinstance(name, str) or not _ENV_NAME_RE.fullmatch(name):
-            raise problem(f"{name!r} is not a variable name (letters, digits, _; no leading digit)")
+            raise problem(
+                f"{toml_repr(name)} is not a variable name (letters, digits, _; no leading digit)"
+            )
         if name.upper().startswith(RESERVED_PREFIX):
             raise problem(f"{name}: names starting with {RESERVED_PREFIX} are set by hapair")
         if not isinstance(text, str):

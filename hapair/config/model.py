@@ -44,6 +44,7 @@ from hapair.config.fields import (
     problem,
 )
 from hapair.config.hooks import Hook
+from hapair.config.shown import toml_repr
 
 
 class Node(Model):
@@ -198,14 +199,14 @@ def _check_group(value: object) -> str:
     """A group name or number that exists on this host (the socket is chowned to it)."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if not isinstance(value, str) or not value:
-        raise problem(f"must be a group name or number (got {value!r})")
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise problem(f"must be a group name or number (got {toml_repr(value)})")
     try:
-        if value.isdigit():
+        if value.isascii() and value.isdigit():
             grp.getgrgid(int(value))
         else:
             grp.getgrnam(value)
-    except KeyError:
+    except (KeyError, OverflowError):
         raise problem(f"group {value!r} does not exist on this host (groupadd {value})") from None
     return value
 

@@ -32,6 +32,9 @@ MAX_REQUEST: Final = 4096
 # A request is a flat object; anything nested deeper is not one of ours.
 MAX_DEPTH: Final = 8
 CLIENT_TIMEOUT: Final = 2.0
+# Connections served at once; more are answered "busy" at once (a local user cannot pile up
+# thousands of idle connections, each held for CLIENT_TIMEOUT).
+MAX_CLIENTS: Final = 16
 
 Access = Literal["read", "admin"]
 #: The level each command needs; an unknown command needs read (it only gets "unknown").
@@ -67,7 +70,7 @@ class PeerCred:
     gid: int
 
 
-def peer_cred(sock: socket.socket) -> PeerCred:
+def peer_cred(sock: Any) -> PeerCred:
     """The credentials of the process connected to the Unix socket ``sock``."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     pid, uid, gid = _UCRED.unpack(raw)
@@ -79,13 +82,13 @@ def user_groups(uid: int, gid: int) -> frozenset[int]:
     try:
         name = pwd.getpwuid(uid).pw_name
         return frozenset(os.getgrouplist(name, gid)) | {gid}
-    except (KeyError, OSError):
+    except (KeyError, OverflowError, OSError):
         return frozenset({gid})
 
 
 def group_id(group: str) -> int:
     """The gid of a group name or number (validated to exist by the config)."""
-    return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    return int(group) if group.isascii() and group.isdigit() else grp.getgrnam(group).gr_gid
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,8 @@ class ControlServer:
         #: Requests refused as malformed, oversized, too deep or denied, by kind.
         self.rejected: Counter[str] = Counter()
         self._server: asyncio.AbstractServer | None = None
+        self._clients = 0
+        self._active: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
 
     async def start(self) -> None:
         """Bind the socket; refuse if another live daemon already listens there."""
@@ -209,20 +214,35 @@ class ControlServer:
             os.chown(self.path, -1, gid)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._clients += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._active[task] = writer
         try:
-            reply = await self._answer(reader, writer)
+            if self._clients > MAX_CLIENTS:
+                reply = self._reject("busy", f"busy: {MAX_CLIENTS} requests are being served")
+            else:
+                reply = await self._answer(reader, writer)
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
-        except (TimeoutError, ConnectionError):
+        except OSError:  # timed out, or the client went away (TimeoutError is an OSError)
             pass
         finally:
+            self._clients -= 1
+            if task is not None:
+                self._active.pop(task, None)
             writer.close()
-            with contextlib.suppress(ConnectionError):
+            with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
     async def _answer(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> dict[str, Any]:
+        # Credentials first, while the connection is surely open; unknown means no access.
+        try:
+            cred = peer_cred(writer.get_extra_info("socket"))
+        except (OSError, AttributeError):
+            cred = PeerCred(0, -1, -1)
         try:
             line = await asyncio.wait_for(reader.readuntil(b"\n"), CLIENT_TIMEOUT)
         except asyncio.IncompleteReadError as exc:
@@ -235,8 +255,6 @@ class ControlServer:
             return self._reject(exc.kind, str(exc))
         cmd = request.get("cmd")
         needed = COMMAND_ACCESS.get(cmd, "read") if isinstance(cmd, str) else "read"
-        sock = writer.get_extra_info("socket")
-        cred = peer_cred(sock) if sock is not None else PeerCred(0, -1, -1)
         if not self.policy.is_owner(cred.uid):
             groups = await asyncio.to_thread(user_groups, cred.uid, cred.gid)  # NSS may block
             level = self.policy.level(cred.uid, groups)
@@ -268,6 +286,12 @@ class ControlServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        if self._active:
+            # Closing a connection ends its wait for a request line; the handler then finishes
+            # by itself (a handler cancelled at loop shutdown makes asyncio log a traceback).
+            for writer in self._active.values():
+                writer.close()
+            await asyncio.wait(list(self._active), timeout=CLIENT_TIMEOUT)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
@@ -289,7 +313,9 @@ def request(path: Path, payload: dict[str, Any], timeout: float = 3.0) -> dict[s
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
             s.connect(str(path))
-            s.sendall(json.dumps(payload).encode() + b"\n")
+            with contextlib.suppress(BrokenPipeError):
+                # A daemon that refuses at once (busy) has replied and closed: read that reply.
+                s.sendall(json.dumps(payload).encode() + b"\n")
             buf = b""
             while not buf.endswith(b"\n") and len(buf) <= 1 << 24:
                 chunk = s.recv(65536)
