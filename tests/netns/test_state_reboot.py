@@ -97,6 +97,19 @@ def test_durable_state_survives_reboots_repairs_and_unwritable_dirs() -> None:
         assert reset is not None and "FIFO" in reset.get("problem")
         assert path.is_file() and not path.is_fifo()
 
+        # An upgrade: the file an older hapair wrote keeps its maintenance, in the new schema.
+        legacy = {
+            "boot_epoch": 2**64 - 1,
+            "replay_marks": {"b": [1, 2]},
+            "extra": {"maintenance": True},
+        }
+        path.write_text(json.dumps(legacy))
+        since = restart(lab, "a")
+        migrated = first(lab.hapair.events(), "state_file_migrated", node="a", after=since)
+        assert migrated is not None and migrated.get("maintenance") == "True"
+        assert json.loads(path.read_text()) == {"version": 1, "maintenance": True}
+        assert status(lab, "a")["maintenance"] is True
+
         # The directory stops being writable while running: a file where it was (ENOTDIR).
         lib = path.parent
         since = time.time()
