@@ -400,8 +400,9 @@ def build_parser(with_lab: bool = True) -> argparse.ArgumentParser:
         formatter_class=_RAW,
         description="on: this node hands the VIP to its peer (make-before-break, as in\n"
         "handover) and then never becomes MASTER, not even when the peer dies, until\n"
-        "`maintenance off`; the setting is kept in the state file, so a restart or a reboot\n"
-        "(with a persistent state_dir) keeps it. The peer is told (a heartbeat flag) and\n"
+        "`maintenance off`; the setting is kept in the state file under runtime.lib_dir\n"
+        "(/var/lib/hapair), so a restart or a reboot keeps it; the command returns once\n"
+        "it is on disk. The peer is told (a heartbeat flag) and\n"
         "does not count on this node. If no healthy peer can take over, the node stays\n"
         "MASTER and hands over as soon as one can.\n"
         "off: back to the normal election (with preempt on, a higher-priority node takes\n"

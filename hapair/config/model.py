@@ -217,7 +217,11 @@ DEFAULT_LIB_DIR: Final = Path("/var/lib/hapair")
 
 def _check_lib_dir(value: Path) -> Path:
     """A directory, or nothing yet (the daemon creates it): never an existing other file."""
-    if value.exists() and not value.is_dir():
+    try:
+        is_other = value.exists() and not value.is_dir()
+    except OSError:  # unreadable from here (not root): the daemon checks it at start
+        return value
+    if is_other:
         raise problem(f"{value} exists and is not a directory")
     return value
 

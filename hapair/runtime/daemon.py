@@ -248,7 +248,7 @@ class Daemon:
             action = "defaults used" + ("" if error is not None else ", file rewritten")
             self.log.warning("state_file_reset", problem=loaded.problem, action=action, **fields)
         elif loaded.migrated:
-            self.log.info(
+            (self.log.warning if error is not None else self.log.info)(
                 "state_file_migrated",
                 note="an older hapair's file: maintenance kept, boot_epoch and replay marks "
                 "dropped (protocol v2 keeps no freshness state)",

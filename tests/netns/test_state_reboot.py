@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -95,6 +97,19 @@ def test_durable_state_survives_reboots_repairs_and_unwritable_dirs() -> None:
         assert reset is not None and "FIFO" in reset.get("problem")
         assert path.is_file() and not path.is_fifo()
 
+        # An upgrade: the file an older hapair wrote keeps its maintenance, in the new schema.
+        legacy = {
+            "boot_epoch": 2**64 - 1,
+            "replay_marks": {"b": [1, 2]},
+            "extra": {"maintenance": True},
+        }
+        path.write_text(json.dumps(legacy))
+        since = restart(lab, "a")
+        migrated = first(lab.hapair.events(), "state_file_migrated", node="a", after=since)
+        assert migrated is not None and migrated.get("maintenance") == "True"
+        assert json.loads(path.read_text()) == {"version": 1, "maintenance": True}
+        assert status(lab, "a")["maintenance"] is True
+
         # The directory stops being writable while running: a file where it was (ENOTDIR).
         lib = path.parent
         since = time.time()
@@ -119,3 +134,17 @@ def test_durable_state_survives_reboots_repairs_and_unwritable_dirs() -> None:
         back = first(lab.hapair.events(), "state_save_recovered", node="a", after=since)
         assert back is not None and back.get("failures") == "2"
         assert json.loads(path.read_text()) == {"version": 1, "maintenance": False}
+
+        # A read-only lib dir at start (ProtectSystem=strict without StateDirectory=): exit 1
+        # naming the key, the path and the fix, before any VIP; no traceback.
+        lab.hapair.terminate("a")
+        run = f"ip netns exec {lab.ns('a')} {sys.executable} -m hapair run -c {cfg}"
+        proc = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             f"mount --bind -o ro {lib} {lib} && exec {run}"],
+            capture_output=True, text=True, timeout=30, check=False, env=lab.env(),
+        )  # fmt: skip
+        assert proc.returncode == 1, proc.stderr
+        assert f"runtime.lib_dir: {lib} is not writable (Read-only file system)" in proc.stderr
+        assert "StateDirectory=hapair" in proc.stderr and "Traceback" not in proc.stderr
+        assert not lab.has_vip("a")
