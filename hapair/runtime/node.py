@@ -282,6 +282,8 @@ class Node:
                 self.election.note_link(event.node, event.link, now)
             else:
                 self._handle(event)
+        if self.heartbeats.reply_due(now):
+            self._send_heartbeat(False)
 
     def _read_discovery(self) -> None:
         """Feed discovery's news to the finder; point the transport at the chosen peer.

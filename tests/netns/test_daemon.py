@@ -185,24 +185,24 @@ def _send_from_client(lab: Lab, packets: list[bytes], dest: str) -> None:
     lab.exec("c", [sys.executable, "-c", code, dest, *(p.hex() for p in packets)])
 
 
-def test_forged_and_replayed_heartbeats_change_nothing(lab: Lab) -> None:
+def test_forged_and_unproven_heartbeats_change_nothing(lab: Lab) -> None:
     start_pair(lab)
     key = base64.b64decode((lab.dir / "secret").read_text())
-    state = json.loads(next((lab.dir / "a").glob("*.state")).read_text())
     cid = cluster_id(f"lab-{lab.prefix}")
 
-    def resign(seq: int, epoch: int, signing_key: bytes) -> bytes:
+    def resign(run: int, echo: int, signing_key: bytes) -> bytes:
         hb = Heartbeat(
             cluster_id=cid, node="a", role=Role.MASTER, base_priority=150,
-            effective_priority=150, resigning=True, term=1, seq=seq, boot_epoch=epoch,
-            interval_ms=50, vip_digest=vip_digest([f"{VIP4}/24"]),
+            effective_priority=150, resigning=True, term=1, run=run, seq=1, challenge=7,
+            echo=echo, interval_ms=50, vip_digest=vip_digest([f"{VIP4}/24"]),
         )  # fmt: skip
         return encode(hb, signing_key)
 
-    forged = resign(10**12, state["boot_epoch"], b"\x00" * 32)  # wrong key
-    replayed = resign(1, state["boot_epoch"], key)  # genuine key, a sequence already used
-    stale_epoch = resign(10**12, state["boot_epoch"] - 1, key)  # an older boot of a
-    _send_from_client(lab, [forged, replayed, stale_epoch, b"garbage", b"\x00" * 500], LAN4["b"])
+    forged = resign(1, 0, b"\x00" * 32)  # wrong key
+    # Genuine key, but a run b has not accepted that cannot echo b's challenge.
+    unproven = [resign(run, echo, key) for run, echo in ((2, 0), (3, 12345))]
+    garbage = [b"garbage", b"\x00" * 500, b"HAPR\x02" + bytes(200)]
+    _send_from_client(lab, [forged, *unproven, *garbage], LAN4["b"])
     time.sleep(10 * FAST.interval)
     assert lab.vip_holders() == ["a"]
     assert role(lab, "b") == "BACKUP" and role(lab, "a") == "MASTER"
@@ -211,8 +211,8 @@ def test_forged_and_replayed_heartbeats_change_nothing(lab: Lab) -> None:
     rejected = status["rejected"]
     assert isinstance(rejected, dict)
     assert rejected.get("bad_mac", 0) >= 1
-    assert rejected.get("replay", 0) >= 2
-    assert rejected.get("truncated", 0) >= 1 and rejected.get("oversized", 0) >= 1
+    assert rejected.get("unproven", 0) >= 2
+    assert rejected.get("bad_magic", 0) >= 2 and rejected.get("oversized", 0) >= 1
     # Logged once per reason, then only counted.
     reasons = [e["reason"] for e in events(lab, "heartbeat_rejected", "b")]
     assert len(reasons) == len(set(reasons))

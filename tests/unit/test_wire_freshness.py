@@ -253,6 +253,28 @@ def test_filter_tokens_appear_once_a_run_is_accepted_and_follow_rotation() -> No
     assert len(changes) == 2
 
 
+def test_a_new_run_of_the_peer_is_answered_at_once_but_rate_limited() -> None:
+    a, b = node("a", 1), node("b", 2)
+    assert not b.reply_due(0.0)
+    b.receive([(a.packet(OUT), LINKS[0])], now=1.0)  # unproven: a does not know C_b
+    assert b.reply_due(1.0) and not b.reply_due(1.0)  # once
+    a.receive([(b.packet(OUT), LINKS[0])], now=1.0)  # accepted as a new run by a
+    assert a.reply_due(1.001)  # a accepted b: b waits for a packet echoing its challenge
+    b.receive([(a.packet(OUT), LINKS[0])], now=1.001)  # accepted by b: a waits for b's echo
+    assert not b.reply_due(1.001)  # within PROMPT_GAP (5 ms at 20 ms) of the last reply
+    b.receive([(a.packet(OUT), LINKS[0])], now=1.002)  # in-run: nothing to answer
+    assert not b.reply_due(2.0)
+
+
+def test_prompt_replies_survive_a_clock_step_back() -> None:
+    a, b = node("a", 1), node("b", 2)
+    b.receive([(a.packet(OUT), LINKS[0])], now=1000.0)
+    assert b.reply_due(1000.0)
+    c = node("a", 3)  # a restarted
+    b.receive([(c.packet(OUT), LINKS[0])], now=-5.0)
+    assert b.reply_due(-5.0)
+
+
 # --- the model --------------------------------------------------------------------------
 
 LINKS = ("10.0.0.1", "192.168.0.1")
@@ -392,5 +414,5 @@ class PairModel(RuleBasedStateMachine):
             assert len(p.hb.freshness) <= 1
 
 
-PairModel.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+PairModel.TestCase.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
 test_pair_model = PairModel.TestCase
