@@ -9,6 +9,9 @@
 
 `send` replays every recorded payload in turn, round after round, to every --dst, for S
 seconds at most N datagrams per second, then prints one JSON line {"sent": N, "seconds": S}.
+
+`record_heartbeats()`, `replay_heartbeats()` and `restart_accept_delay()` drive these (and the
+daemons) from the test process, for tests/netns/test_v2_freshness.py and bench/freshness.py.
 """
 
 from __future__ import annotations
@@ -23,9 +26,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
+from hapair.lab.shell import LabError, wait_until
 from hapair.wire.heartbeat import MAGIC, PACKET_SIZE
+
+if TYPE_CHECKING:
+    from hapair.lab.topology import Lab
 
 ETH_P_ALL: Final = 0x0003
 ETH_P_IP: Final = 0x0800
@@ -109,6 +116,81 @@ def send(
         except _Stop:
             pass
     return sent
+
+
+# -- from the test process --------------------------------------------------------------
+
+
+def start_recording(lab: Lab, node: str, out: Path, seconds: float = 600.0) -> None:
+    """Record `node`'s LAN heartbeats on the switch port facing it (stop with `lab.stop`)."""
+    from hapair.lab.topology import LAN4
+
+    lab.spawn(
+        f"recorder-{node}", "sw",
+        [sys.executable, "-m", "hapair.lab.replay", "record", "--iface", f"v-{node}",
+         "--src", LAN4[node], "--out", str(out), "--seconds", str(seconds)],
+    )  # fmt: skip
+
+
+def record_heartbeats(lab: Lab, node: str, out: Path, seconds: float) -> None:
+    """Record `node`'s LAN heartbeats for `seconds` (appended to `out`)."""
+    start_recording(lab, node, out, seconds)
+    if not wait_until(lambda: not lab.running(f"recorder-{node}"), timeout=seconds + 10):
+        raise LabError("the heartbeat recorder did not finish")
+
+
+def replay_heartbeats(
+    lab: Lab, node: str, recording: Path, seconds: float, rate: int = 2000
+) -> int:
+    """Replay a recording of `node` from its own namespace to both of its peer's addresses."""
+    from hapair.lab.nodes import PEER
+    from hapair.lab.topology import HB4, LAN4
+
+    peer = PEER[node]
+    dsts = [LAN4[peer], *([HB4[peer]] if lab.direct_cable else [])]
+    out = lab.dir / f"replay-{node}.json"
+    argv = [sys.executable, "-m", "hapair.lab.replay", "send", "--file", str(recording),
+            "--bind", "0.0.0.0", "--seconds", str(seconds), "--rate", str(rate)]  # fmt: skip
+    for dst in dsts:
+        argv += ["--dst", dst]
+    with out.open("wb") as fh:
+        lab.spawn(f"replayer-{node}", node, argv, stdout=fh)
+        if not wait_until(lambda: not lab.running(f"replayer-{node}"), timeout=seconds + 10):
+            raise LabError("the replayer did not finish")
+    return int(json.loads(out.read_text().strip().splitlines()[-1])["sent"])
+
+
+def restart_accept_delay(lab: Lab, node: str, *, wipe: bool, timeout: float = 10.0) -> float:
+    """SIGKILL and start `node` (its state dir emptied if `wipe`); seconds from its
+    daemon_started until its peer logs peer_run_accepted for it (from the daemons' logs)."""
+    from hapair.lab.nodes import PEER
+
+    peer = PEER[node]
+    lab.hapair.kill(node)
+    if wipe:
+        for path in (lab.dir / node).iterdir():
+            if path.is_file() or path.is_socket():
+                path.unlink()
+    since = time.time()
+    lab.hapair.start(node)
+    events = lab.hapair.events()
+    started = [e for e in events if e.node == node and e.name == "daemon_started" and e.ts > since]
+    if not started:
+        raise LabError(f"{node} logged no daemon_started")
+    t0 = started[-1].ts
+
+    def accepted() -> float | None:
+        hits = [
+            e.ts
+            for e in lab.hapair.events()
+            if e.node == peer and e.name == "peer_run_accepted" and e.get("peer") == node
+        ]
+        return next((ts for ts in hits if ts > t0), None)
+
+    at = wait_until(accepted, timeout=timeout, step=0.02)
+    if at is None:
+        raise LabError(f"{peer} did not accept {node}'s new run within {timeout:.0f}s")
+    return at - t0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
