@@ -69,8 +69,8 @@ def _heard_a_since(lab: Lab, since: float) -> bool:
     if status is not None:
         for peer in status["peers"]:  # type: ignore[attr-defined]
             # Nothing accepted since `since` means last heard at or before it, so at least
-            # asked - since ago (minus rounding to ms).
-            if peer["node"] == "a" and peer["last_heard_ago"] < asked - since - 0.002:
+            # asked - since ago (less a margin: a's last packet may be handled a little late).
+            if peer["node"] == "a" and peer["last_heard_ago"] < asked - since - 0.05:
                 return True
     runs = [
         e for e in lab.hapair.events()

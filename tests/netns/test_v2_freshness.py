@@ -98,7 +98,7 @@ def test_a_recorded_stream_replayed_after_its_sender_died_is_never_accepted(lab:
     assert status is not None
     [peer] = status["peers"]  # type: ignore[misc]
     assert peer["node"] == "a" and not peer["alive"]
-    assert peer["last_heard_ago"] >= asked - killed - 0.002
+    assert peer["last_heard_ago"] >= asked - killed - 0.05  # a packet just before death
     # Run 2 (the accepted one) replays as `replay`, run 1 as `unproven`.
     grew = {k: after.get(k, 0) - before.get(k, 0) for k in ("replay", "unproven")}
     assert grew["replay"] > 0 and grew["unproven"] > 0, grew
