@@ -57,12 +57,15 @@ class LinkCopy:
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """What this node says in its next heartbeat (from the election)."""
+    """What this node says in its next heartbeat (from the election and the configuration)."""
 
     role: Role
+    base_priority: int
     effective_priority: int
     resigning: bool
     term: int
+    interval_ms: int
+    vip_digest: bytes
     maintenance: bool
 
 
@@ -75,19 +78,16 @@ class Heartbeats:
         cluster: bytes,
         key: bytes,
         *,
-        base_priority: int,
-        interval_ms: int,
-        vip_digest: bytes,
         log: Any,
+        interval_ms: int,
         observer: HeartbeatObserver | None = None,
         random: Callable[[], int] = random64,
     ) -> None:
         self.node = node
         self.cluster = cluster
         self.key = key
-        self.base_priority = base_priority
+        #: Our interval, for the rate limit of prompt replies only.
         self.interval_ms = max(1, interval_ms)
-        self.vip_digest = vip_digest
         self.log = log
         self.observer = observer
         self.run = random()
@@ -190,7 +190,7 @@ class Heartbeats:
             cluster_id=self.cluster,
             node=self.node,
             role=out.role,
-            base_priority=self.base_priority,
+            base_priority=out.base_priority,
             effective_priority=out.effective_priority,
             resigning=out.resigning,
             term=out.term,
@@ -198,8 +198,8 @@ class Heartbeats:
             seq=self.seq,
             challenge=self.freshness.challenge,
             echo=self.freshness.echo,
-            interval_ms=self.interval_ms,
-            vip_digest=self.vip_digest,
+            interval_ms=max(1, out.interval_ms),
+            vip_digest=out.vip_digest,
             maintenance=out.maintenance,
         )
         if self.observer is not None:

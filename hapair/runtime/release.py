@@ -124,10 +124,13 @@ def _speak_fault(cfg: Config, key: bytes, transport: UdpTransport, report: Relea
     """Learn the peer's challenge, send FAULT echoing it, and wait (bounded) for MASTER."""
     hb = Heartbeats(
         cfg.node.name, cluster_id(cfg.cluster.name), key,
-        base_priority=cfg.node.priority, interval_ms=round(cfg.cluster.interval * 1000),
-        vip_digest=vip_digest(str(v.address) for v in cfg.vip), log=_Quiet(),
+        log=_Quiet(), interval_ms=round(cfg.cluster.interval * 1000),
     )  # fmt: skip
-    fault = Outgoing(Role.FAULT, effective_priority=0, resigning=False, term=0, maintenance=False)
+    fault = Outgoing(
+        Role.FAULT, base_priority=cfg.node.priority, effective_priority=0, resigning=False,
+        term=0, interval_ms=round(cfg.cluster.interval * 1000),
+        vip_digest=vip_digest(str(v.address) for v in cfg.vip), maintenance=False,
+    )  # fmt: skip
     bound = min(CONFIRM_WAIT_MAX, cfg.dead_time)
     start = time.monotonic()
     next_send: float | None = None  # None until the peer's challenge is known

@@ -181,14 +181,14 @@ class Log:
         self.lines.append(("warning", event, kw))
 
 
-OUT = Outgoing(Role.BACKUP, 100, False, 0, False)
+OUT = Outgoing(Role.BACKUP, 100, 100, False, 0, 20, bytes(8), False)
 
 
 def node(name: str, seed: int, log: Log | None = None) -> Heartbeats:
     rng = random.Random(seed)
     return Heartbeats(
-        name, CLUSTER, KEY, base_priority=100, interval_ms=20, vip_digest=bytes(8),
-        log=log or Log(), random=lambda: rng.getrandbits(64) or 1,
+        name, CLUSTER, KEY, log=log or Log(), interval_ms=20,
+        random=lambda: rng.getrandbits(64) or 1,
     )  # fmt: skip
 
 
@@ -235,6 +235,17 @@ def test_packets_carry_run_seq_challenge_and_echo() -> None:
     assert (hb1.run, hb1.seq, hb2.seq) == (a.run, 1, 2)
     assert hb1.challenge == a.freshness.challenge
     assert hb1.echo == b.freshness.challenge
+
+
+def test_packets_say_what_the_outgoing_state_says_each_time() -> None:
+    a = node("a", 1)
+    first = decode(a.packet(OUT), KEY, CLUSTER)
+    reloaded = Outgoing(Role.MASTER, 150, 140, True, 9, 50, b"\x01" * 8, True)
+    second = decode(a.packet(reloaded), KEY, CLUSTER)
+    assert (first.vip_digest, first.interval_ms, first.base_priority) == (bytes(8), 20, 100)
+    assert (second.role, second.base_priority, second.effective_priority) == (Role.MASTER, 150, 140)
+    assert (second.resigning, second.term, second.interval_ms) == (True, 9, 50)
+    assert (second.vip_digest, second.maintenance) == (b"\x01" * 8, True)
 
 
 def test_filter_tokens_appear_once_a_run_is_accepted_and_follow_rotation() -> None:
@@ -326,8 +337,7 @@ class PairModel(RuleBasedStateMachine):
         self.runs[name] += 1
         rng = self.rng
         hb = Heartbeats(
-            name, CLUSTER, KEY, base_priority=100, interval_ms=20, vip_digest=bytes(8),
-            log=Log(), random=lambda: rng.getrandbits(64) or 1,
+            name, CLUSTER, KEY, log=Log(), interval_ms=20, random=lambda: rng.getrandbits(64) or 1
         )  # fmt: skip
         self.procs[name] = Proc(hb, self.runs[name], self.step, self.step)
 
