@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from hapair.core.events import PeerHeard
 from hapair.core.roles import Role
@@ -23,6 +23,10 @@ from hapair.wire.heartbeat import (
     filter_token,
 )
 from hapair.wire.rejects import RejectCounter
+
+#: Least gap between two prompt replies, in our intervals (a replayed recording could ask for
+#: one per packet; this caps the extra heartbeats at four per interval).
+PROMPT_GAP: Final = 0.25
 
 
 def random64() -> int:
@@ -53,12 +57,15 @@ class LinkCopy:
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """What this node says in its next heartbeat (from the election)."""
+    """What this node says in its next heartbeat (from the election and the configuration)."""
 
     role: Role
+    base_priority: int
     effective_priority: int
     resigning: bool
     term: int
+    interval_ms: int
+    vip_digest: bytes
     maintenance: bool
 
 
@@ -71,19 +78,16 @@ class Heartbeats:
         cluster: bytes,
         key: bytes,
         *,
-        base_priority: int,
-        interval_ms: int,
-        vip_digest: bytes,
         log: Any,
+        interval_ms: int,
         observer: HeartbeatObserver | None = None,
         random: Callable[[], int] = random64,
     ) -> None:
         self.node = node
         self.cluster = cluster
         self.key = key
-        self.base_priority = base_priority
+        #: Our interval, for the rate limit of prompt replies only.
         self.interval_ms = max(1, interval_ms)
-        self.vip_digest = vip_digest
         self.log = log
         self.observer = observer
         self.run = random()
@@ -92,6 +96,8 @@ class Heartbeats:
         self.rejects = RejectCounter()
         self._accepted_on: dict[str, str] = {}
         self._tokens_seen = (-1, False)
+        self._prompt = False
+        self._last_prompt: float | None = None
         #: Called with the new filter tokens whenever they change (the transport's filter).
         self.on_tokens: Callable[[tuple[bytes, ...]], None] | None = None
 
@@ -125,6 +131,8 @@ class Heartbeats:
                 # The same heartbeat, sent on every link, arriving on a second one.
                 return LinkCopy(hb.node, source)
             raise Rejected(RejectReason.REPLAY, f"{hb.node} seq {hb.seq} again from {source}")
+        if verdict in (Verdict.UNPROVEN, Verdict.NEW_RUN):
+            self._prompt = True
         reason = verdict.reject_reason
         if reason is not None:
             raise Rejected(reason, f"{hb.node} run {hb.run:016x} seq {hb.seq} from {source}")
@@ -158,6 +166,23 @@ class Heartbeats:
 
     # -- sending -------------------------------------------------------------------------
 
+    def reply_due(self, now: float) -> bool:
+        """True, once, when a new run of the peer was just heard: answer it now, not next interval.
+
+        An unproven packet means a peer process that does not know our challenge yet; a new run
+        just accepted waits for our echo of its challenge. A packet now instead of at the next
+        tick halves the handshake. Rate-limited to one per PROMPT_GAP intervals.
+        """
+        if not self._prompt:
+            return False
+        self._prompt = False
+        gap = PROMPT_GAP * self.interval_ms / 1000
+        # abs(): `now` is trusted to be monotonic, but a step back must not silence replies.
+        if self._last_prompt is not None and abs(now - self._last_prompt) < gap:
+            return False
+        self._last_prompt = now
+        return True
+
     def packet(self, out: Outgoing) -> bytes:
         """The next signed heartbeat (seq + 1), carrying our challenge and the echo."""
         self.seq += 1
@@ -165,7 +190,7 @@ class Heartbeats:
             cluster_id=self.cluster,
             node=self.node,
             role=out.role,
-            base_priority=self.base_priority,
+            base_priority=out.base_priority,
             effective_priority=out.effective_priority,
             resigning=out.resigning,
             term=out.term,
@@ -173,8 +198,8 @@ class Heartbeats:
             seq=self.seq,
             challenge=self.freshness.challenge,
             echo=self.freshness.echo,
-            interval_ms=self.interval_ms,
-            vip_digest=self.vip_digest,
+            interval_ms=max(1, out.interval_ms),
+            vip_digest=out.vip_digest,
             maintenance=out.maintenance,
         )
         if self.observer is not None:

@@ -124,8 +124,7 @@ class Node:
         )  # fmt: skip
         self.heartbeats = Heartbeats(
             cfg.node.name, cluster_id(cfg.cluster.name), key,
-            base_priority=cfg.node.priority, interval_ms=_interval_ms(cfg),
-            vip_digest=self.election.settings.vip_digest, log=self.log, observer=self.ops,
+            log=self.log, interval_ms=_interval_ms(cfg), observer=self.ops,
         )  # fmt: skip
         # The kernel filter follows our challenge: () = not yet strict, filter on address only.
         self.heartbeats.on_tokens = lambda tokens: io.transport.set_tokens(tokens or None)
@@ -157,7 +156,6 @@ class Node:
         now = self.clock.now()
         old = self.cfg
         self.cfg = cfg
-        self.heartbeats.base_priority = cfg.node.priority
         self.heartbeats.interval_ms = _interval_ms(cfg)
         if not cfg.cluster.peers_auto:  # with "auto", discovery keeps the peer up to date
             self.io.transport.set_peers(cfg.cluster.peer_addresses)
@@ -277,6 +275,8 @@ class Node:
                 self.election.note_link(event.node, event.link, now)
             else:
                 self._handle(event)
+        if self.heartbeats.reply_due(now):
+            self._send_heartbeat(False)
 
     def _read_discovery(self) -> None:
         """Feed discovery's news to the finder; point the transport at the chosen peer.
@@ -483,9 +483,12 @@ class Node:
         e = self.election
         out = Outgoing(
             role=e.role,
+            base_priority=self.cfg.node.priority,
             effective_priority=e.effective_priority,
             resigning=resigning or e.resigning,
             term=e.term,
+            interval_ms=_interval_ms(self.cfg),
+            vip_digest=e.settings.vip_digest,  # follows a reload
             maintenance=e.maintenance,
         )
         self.io.transport.send(self.heartbeats.packet(out))

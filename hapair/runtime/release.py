@@ -2,8 +2,9 @@
 
 A daemon killed while MASTER leaves its VIP in the kernel, and the peer only takes over when
 its dead timer fires. Release closes that gap make-before-break: it speaks for the dead daemon
-as a new run of this node (protocol v2, docs/protocol.md). It listens for one peer heartbeat
-(bounded) to learn the peer's current challenge, then sends authenticated FAULT heartbeats with
+as a new run of this node (protocol v2, docs/protocol.md). It prompts the peer (one FAULT it
+cannot accept yet, which it answers at once) and listens for a peer heartbeat (bounded) to
+learn the peer's current challenge, then sends authenticated FAULT heartbeats with
 effective priority 0 echoing it, so the peer accepts the new run and takes over at once; it
 removes the VIP when the peer is heard as MASTER (or after a short bound), so clients never
 face a moment with nobody holding the address. Nothing is read from or written to a state file.
@@ -125,13 +126,19 @@ def _speak_fault(cfg: Config, key: bytes, transport: UdpTransport, report: Relea
     """Learn the peer's challenge, send FAULT echoing it, and wait (bounded) for MASTER."""
     hb = Heartbeats(
         cfg.node.name, cluster_id(cfg.cluster.name), key,
-        base_priority=cfg.node.priority, interval_ms=round(cfg.cluster.interval * 1000),
-        vip_digest=vip_digest(str(v.address) for v in cfg.vip), log=_Quiet(),
+        log=_Quiet(), interval_ms=round(cfg.cluster.interval * 1000),
     )  # fmt: skip
-    fault = Outgoing(Role.FAULT, effective_priority=0, resigning=False, term=0, maintenance=False)
+    fault = Outgoing(
+        Role.FAULT, base_priority=cfg.node.priority, effective_priority=0, resigning=False,
+        term=0, interval_ms=round(cfg.cluster.interval * 1000),
+        vip_digest=vip_digest(str(v.address) for v in cfg.vip), maintenance=False,
+    )  # fmt: skip
     bound = min(CONFIRM_WAIT_MAX, cfg.dead_time)
     start = time.monotonic()
     next_send: float | None = None  # None until the peer's challenge is known
+    # A first packet (echo 0: unproven) makes the peer answer at once with its challenge
+    # instead of at its next interval (see Heartbeats.reply_due).
+    transport.send(hb.packet(fault))
     while (now := time.monotonic()) - start < bound:
         if next_send is None and hb.freshness.echo:
             for _ in range(FAULT_COPIES):

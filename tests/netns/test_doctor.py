@@ -165,7 +165,8 @@ def test_both_daemons_running_watches_without_disturbing(lab: Lab, b_running: No
     peers = findings(report, "peer")
     assert [f["level"] for f in peers] == ["ok", "ok"]
     assert "raw socket" in peers[0]["message"]
-    # Doctor sent nothing: b neither changed role nor rejected anything.
+    # Doctor sent nothing: b neither changed role nor rejected anything more (a's start cost
+    # a few `unproven`, the v2 handshake, before).
     assert after is not None
     assert after["role"] == before["role"] and after["term"] == before["term"]
-    assert not after["rejected"]
+    assert after["rejected"] == before["rejected"]

@@ -181,14 +181,14 @@ class Log:
         self.lines.append(("warning", event, kw))
 
 
-OUT = Outgoing(Role.BACKUP, 100, False, 0, False)
+OUT = Outgoing(Role.BACKUP, 100, 100, False, 0, 20, bytes(8), False)
 
 
 def node(name: str, seed: int, log: Log | None = None) -> Heartbeats:
     rng = random.Random(seed)
     return Heartbeats(
-        name, CLUSTER, KEY, base_priority=100, interval_ms=20, vip_digest=bytes(8),
-        log=log or Log(), random=lambda: rng.getrandbits(64) or 1,
+        name, CLUSTER, KEY, log=log or Log(), interval_ms=20,
+        random=lambda: rng.getrandbits(64) or 1,
     )  # fmt: skip
 
 
@@ -237,6 +237,17 @@ def test_packets_carry_run_seq_challenge_and_echo() -> None:
     assert hb1.echo == b.freshness.challenge
 
 
+def test_packets_say_what_the_outgoing_state_says_each_time() -> None:
+    a = node("a", 1)
+    first = decode(a.packet(OUT), KEY, CLUSTER)
+    reloaded = Outgoing(Role.MASTER, 150, 140, True, 9, 50, b"\x01" * 8, True)
+    second = decode(a.packet(reloaded), KEY, CLUSTER)
+    assert (first.vip_digest, first.interval_ms, first.base_priority) == (bytes(8), 20, 100)
+    assert (second.role, second.base_priority, second.effective_priority) == (Role.MASTER, 150, 140)
+    assert (second.resigning, second.term, second.interval_ms) == (True, 9, 50)
+    assert (second.vip_digest, second.maintenance) == (b"\x01" * 8, True)
+
+
 def test_filter_tokens_appear_once_a_run_is_accepted_and_follow_rotation() -> None:
     a, b = node("a", 1), node("b", 2)
     changes: list[tuple[bytes, ...]] = []
@@ -251,6 +262,28 @@ def test_filter_tokens_appear_once_a_run_is_accepted_and_follow_rotation() -> No
     assert b.filter_tokens() == expected and changes == [(), expected]
     deliver(b, a.packet(OUT))  # in-run: no change
     assert len(changes) == 2
+
+
+def test_a_new_run_of_the_peer_is_answered_at_once_but_rate_limited() -> None:
+    a, b = node("a", 1), node("b", 2)
+    assert not b.reply_due(0.0)
+    b.receive([(a.packet(OUT), LINKS[0])], now=1.0)  # unproven: a does not know C_b
+    assert b.reply_due(1.0) and not b.reply_due(1.0)  # once
+    a.receive([(b.packet(OUT), LINKS[0])], now=1.0)  # accepted as a new run by a
+    assert a.reply_due(1.001)  # a accepted b: b waits for a packet echoing its challenge
+    b.receive([(a.packet(OUT), LINKS[0])], now=1.001)  # accepted by b: a waits for b's echo
+    assert not b.reply_due(1.001)  # within PROMPT_GAP (5 ms at 20 ms) of the last reply
+    b.receive([(a.packet(OUT), LINKS[0])], now=1.002)  # in-run: nothing to answer
+    assert not b.reply_due(2.0)
+
+
+def test_prompt_replies_survive_a_clock_step_back() -> None:
+    a, b = node("a", 1), node("b", 2)
+    b.receive([(a.packet(OUT), LINKS[0])], now=1000.0)
+    assert b.reply_due(1000.0)
+    c = node("a", 3)  # a restarted
+    b.receive([(c.packet(OUT), LINKS[0])], now=-5.0)
+    assert b.reply_due(-5.0)
 
 
 # --- the model --------------------------------------------------------------------------
@@ -304,8 +337,7 @@ class PairModel(RuleBasedStateMachine):
         self.runs[name] += 1
         rng = self.rng
         hb = Heartbeats(
-            name, CLUSTER, KEY, base_priority=100, interval_ms=20, vip_digest=bytes(8),
-            log=Log(), random=lambda: rng.getrandbits(64) or 1,
+            name, CLUSTER, KEY, log=Log(), interval_ms=20, random=lambda: rng.getrandbits(64) or 1
         )  # fmt: skip
         self.procs[name] = Proc(hb, self.runs[name], self.step, self.step)
 
@@ -392,5 +424,5 @@ class PairModel(RuleBasedStateMachine):
             assert len(p.hb.freshness) <= 1
 
 
-PairModel.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+PairModel.TestCase.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
 test_pair_model = PairModel.TestCase
