@@ -140,7 +140,7 @@ class UdpTransport:
         wanted = {p: local_address_for(p, self.port) for p in dict.fromkeys(peers)}
         for entry in list(self._socks.values()):
             mine = [p for p, local in wanted.items() if local == entry.local]
-            if mine != entry.peers:
+            if set(mine) != set(entry.peers):
                 self._close_socket(entry)
         served = {p for entry in self._socks.values() for p in entry.peers}
         self._pending = [p for p in wanted if p not in served]

@@ -25,6 +25,7 @@ from hapair.wire.heartbeat import VERSION, cluster_id
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 PORT = 694
+IPV6_TRANSPARENT = 75
 SIZE = 140
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a network namespace)")
@@ -40,6 +41,8 @@ def _enter_netns() -> None:
         "ip addr add 10.9.1.1/24 dev lo",
         "ip addr add 10.9.2.1/24 dev lo",
         "ip route add 192.0.2.7/32 dev lo src 10.9.1.1",  # a peer the flood forges
+        "ip addr add fd00:9::1/128 dev lo nodad",
+        "ip route add fd00:9::7/128 dev lo src fd00:9::1",  # an IPv6 peer, forged the same way
     ):
         subprocess.run(cmd.split(), check=True, timeout=10)
 
@@ -248,5 +251,31 @@ def test_a_short_flood_arrives_whole_and_the_filter_sorts_it(netns: Callable) ->
         finally:
             t.close()
             stranger.close()
+
+    netns(body)
+
+
+def test_ipv6_links_are_filtered_by_the_whole_source_address(netns: Callable) -> None:
+    def forged(address: str) -> socket.socket:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)  # a source not on this host
+        s.bind((address, PORT))
+        return s
+
+    def body() -> None:
+        t = UdpTransport(PORT, peers("fd00:9::7"), packet_size=SIZE)
+        try:
+            assert t.links() == {"fd00:9::7": "fd00:9::1"}
+            peer, near_miss = forged("fd00:9::7"), forged("fd00:9::8")  # last word differs
+            peer.sendto(packet(SIZE - 1), ("fd00:9::1", PORT))
+            near_miss.sendto(packet(), ("fd00:9::1", PORT))
+            peer.sendto(packet(), ("fd00:9::1", PORT))
+            got = collect(t, 1)
+            assert [(len(d), s, link) for d, s, link in got] == [(SIZE, "fd00:9::7", "fd00:9::7")]
+            wait_until(lambda: t.drops() == {"fd00:9::7": 2}, timeout=5)
+            peer.close()
+            near_miss.close()
+        finally:
+            t.close()
 
     netns(body)
