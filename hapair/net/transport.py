@@ -167,6 +167,12 @@ class UdpTransport:
                 self._close_socket(old)
             try:
                 self._open(local, group)
+            except sockfilter.FilterError as exc:  # e.g. more peers behind one address
+                if strict:
+                    raise RuntimeSetupError(f"cluster.peers: {exc}") from exc
+                for p in group:
+                    self.link_errors[str(p)] = str(exc)
+                continue  # not retried: the same peers would be refused again
             except OSError as exc:
                 if strict and exc.errno in (errno.EADDRINUSE, errno.EACCES):
                     raise _setup_error(self.port, exc) from exc
