@@ -32,6 +32,12 @@ MAX_READ_PER_WAKE: Final = 256
 RECV_SIZE: Final = 2048
 #: DSCP CS6 (network control), as VRRP uses: heartbeats jump queues on congested links.
 TOS_CS6: Final = 0xC0
+#: Receive buffer per link (a limit, not an allocation): a flood that the filter must admit
+#: (a forged peer source before tokens are installed) at 10,000 datagrams/s, about 1 KB of
+#: kernel memory each, overflows the queue only after the loop stalls for ~100 ms (the
+#: default, ~200 KB, after ~20 ms: one missed heartbeat at 20 ms intervals).
+RCVBUF: Final = 1 << 20
+SO_RCVBUFFORCE: Final = 33
 #: Protocol v2: the filter token sits at this payload offset (docs/protocol.md).
 FILTER_TOKEN_OFFSET: Final = 20
 
@@ -191,6 +197,10 @@ class UdpTransport:
             entry = _Socket(local, sock, peers)
             # Before bind: no unfiltered datagram is ever queued.
             self._attach(entry)
+            try:  # above net.core.rmem_max needs CAP_NET_ADMIN (the daemon has it)
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, TOS_CS6)
