@@ -25,7 +25,7 @@ from hapair.net import sockfilter
 
 #: Most datagrams read from one socket per wake-up: one flooded link cannot starve the others,
 #: and a flood cannot starve the loop's timers.
-MAX_READ_PER_SOCKET: Final = 64
+MAX_READ_PER_SOCKET: Final = 128
 #: Kept for callers that bound their own reads (doctor): the old total per wake-up.
 MAX_READ_PER_WAKE: Final = 256
 #: Larger than any valid heartbeat, so an oversized datagram is seen (and rejected) as such.
