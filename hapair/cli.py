@@ -139,6 +139,10 @@ def format_status(s: dict[str, Any]) -> str:
     if s.get("rejected"):
         rej = ", ".join(f"{k}={v}" for k, v in sorted(s["rejected"].items()))
         lines.append(f"  rejected heartbeats: {rej}")
+    drops = s.get("heartbeat_drops") or {}
+    if any(drops.values()):
+        text = ", ".join(f"{k}={v}" for k, v in sorted(drops.items()))
+        lines.append(f"  dropped by the kernel (filter or full queue), per link: {text}")
     b = s.get("balancer")
     if b:
         serving = "serving" if b["active"] else "not serving"

@@ -25,13 +25,19 @@ from hapair.net import sockfilter
 
 #: Most datagrams read from one socket per wake-up: one flooded link cannot starve the others,
 #: and a flood cannot starve the loop's timers.
-MAX_READ_PER_SOCKET: Final = 64
+MAX_READ_PER_SOCKET: Final = 128
 #: Kept for callers that bound their own reads (doctor): the old total per wake-up.
 MAX_READ_PER_WAKE: Final = 256
 #: Larger than any valid heartbeat, so an oversized datagram is seen (and rejected) as such.
 RECV_SIZE: Final = 2048
 #: DSCP CS6 (network control), as VRRP uses: heartbeats jump queues on congested links.
 TOS_CS6: Final = 0xC0
+#: Receive buffer per link (a limit, not an allocation): a flood that the filter must admit
+#: (a forged peer source before tokens are installed) at 10,000 datagrams/s, about 1 KB of
+#: kernel memory each, overflows the queue only after the loop stalls for ~100 ms (the
+#: default, ~200 KB, after ~20 ms: one missed heartbeat at 20 ms intervals).
+RCVBUF: Final = 1 << 20
+SO_RCVBUFFORCE: Final = 33
 #: Protocol v2: the filter token sits at this payload offset (docs/protocol.md).
 FILTER_TOKEN_OFFSET: Final = 20
 
@@ -140,7 +146,7 @@ class UdpTransport:
         wanted = {p: local_address_for(p, self.port) for p in dict.fromkeys(peers)}
         for entry in list(self._socks.values()):
             mine = [p for p, local in wanted.items() if local == entry.local]
-            if mine != entry.peers:
+            if set(mine) != set(entry.peers):
                 self._close_socket(entry)
         served = {p for entry in self._socks.values() for p in entry.peers}
         self._pending = [p for p in wanted if p not in served]
@@ -167,6 +173,12 @@ class UdpTransport:
                 self._close_socket(old)
             try:
                 self._open(local, group)
+            except sockfilter.FilterError as exc:  # e.g. more peers behind one address
+                if strict:
+                    raise RuntimeSetupError(f"cluster.peers: {exc}") from exc
+                for p in group:
+                    self.link_errors[str(p)] = str(exc)
+                continue  # not retried: the same peers would be refused again
             except OSError as exc:
                 if strict and exc.errno in (errno.EADDRINUSE, errno.EACCES):
                     raise _setup_error(self.port, exc) from exc
@@ -185,6 +197,10 @@ class UdpTransport:
             entry = _Socket(local, sock, peers)
             # Before bind: no unfiltered datagram is ever queued.
             self._attach(entry)
+            try:  # above net.core.rmem_max needs CAP_NET_ADMIN (the daemon has it)
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, TOS_CS6)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import json
 import os
 import select
 import socket
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -18,10 +20,12 @@ import pytest
 from hapair.errors import RuntimeSetupError
 from hapair.lab.shell import wait_until
 from hapair.net.transport import MAX_READ_PER_SOCKET, UdpTransport
+from hapair.wire.heartbeat import VERSION, cluster_id
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 PORT = 694
+IPV6_TRANSPARENT = 75
 SIZE = 140
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a network namespace)")
@@ -36,6 +40,9 @@ def _enter_netns() -> None:
         "ip link set lo up",
         "ip addr add 10.9.1.1/24 dev lo",
         "ip addr add 10.9.2.1/24 dev lo",
+        "ip route add 192.0.2.7/32 dev lo src 10.9.1.1",  # a peer the flood forges
+        "ip addr add fd00:9::1/128 dev lo nodad",
+        "ip route add fd00:9::7/128 dev lo src fd00:9::1",  # an IPv6 peer, forged the same way
     ):
         subprocess.run(cmd.split(), check=True, timeout=10)
 
@@ -201,5 +208,74 @@ def test_port_in_use_is_a_clear_setup_error(netns: Callable) -> None:
             t.close()
         finally:
             squatter.close()
+
+    netns(body)
+
+
+def _flood(*args: str) -> dict[str, float]:
+    argv = [sys.executable, "-m", "hapair.lab.flood", "--cluster", "lab-trf", *args]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True)
+    out: dict[str, float] = json.loads(proc.stdout)
+    return out
+
+
+def _drain(t: UdpTransport, want: int) -> list[tuple[bytes, str, str]]:
+    got: list[tuple[bytes, str, str]] = []
+    for _ in range(200):
+        batch = t.receive()
+        if not batch and (len(got) >= want or not select.select(t.filenos(), [], [], 0.2)[0]):
+            break
+        got += batch
+    return got
+
+
+def test_a_short_flood_arrives_whole_and_the_filter_sorts_it(netns: Callable) -> None:
+    def body() -> None:
+        # The flood forges the peer's address: the filter admits it (it is the peer's size and
+        # port; only the MAC is wrong), so every datagram is either read or a counted drop.
+        t = UdpTransport(PORT, peers("192.0.2.7"), packet_size=SIZE)
+        stranger = UdpTransport(PORT, peers("10.9.2.9"), packet_size=SIZE)
+        try:
+            spoofed = _flood("--dst", "10.9.1.1", "--seconds", "0.3", "--rate", "20000",
+                             "--size", str(SIZE), "--spoof-src", "192.0.2.7")  # fmt: skip
+            assert 1000 <= spoofed["sent"] <= 6000
+            got = _drain(t, 1)
+            assert got and {(s, link) for _, s, link in got} == {("192.0.2.7", "192.0.2.7")}
+            data = got[0][0]
+            assert data[:5] == b"HAPR" + bytes([VERSION]) and data[12:20] == cluster_id("lab-trf")
+            wait_until(lambda: len(got) + t.drops()["192.0.2.7"] == spoofed["sent"], timeout=5)
+            plain = _flood("--dst", "10.9.2.1", "--seconds", "0.2", "--size", str(SIZE))
+            assert plain["sent"] > 0
+            wait_until(lambda: stranger.drops()["10.9.2.9"] == plain["sent"], timeout=5)
+            assert stranger.receive() == []
+        finally:
+            t.close()
+            stranger.close()
+
+    netns(body)
+
+
+def test_ipv6_links_are_filtered_by_the_whole_source_address(netns: Callable) -> None:
+    def forged(address: str) -> socket.socket:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)  # a source not on this host
+        s.bind((address, PORT))
+        return s
+
+    def body() -> None:
+        t = UdpTransport(PORT, peers("fd00:9::7"), packet_size=SIZE)
+        try:
+            assert t.links() == {"fd00:9::7": "fd00:9::1"}
+            peer, near_miss = forged("fd00:9::7"), forged("fd00:9::8")  # last word differs
+            peer.sendto(packet(SIZE - 1), ("fd00:9::1", PORT))
+            near_miss.sendto(packet(), ("fd00:9::1", PORT))
+            peer.sendto(packet(), ("fd00:9::1", PORT))
+            got = collect(t, 1)
+            assert [(len(d), s, link) for d, s, link in got] == [(SIZE, "fd00:9::7", "fd00:9::7")]
+            wait_until(lambda: t.drops() == {"fd00:9::7": 2}, timeout=5)
+            peer.close()
+            near_miss.close()
+        finally:
+            t.close()
 
     netns(body)

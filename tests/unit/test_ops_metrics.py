@@ -189,3 +189,22 @@ def test_two_instances_do_not_share_a_registry(clock: FakeClock) -> None:
     a.heartbeat_sent()
     assert value(a, "hapair_heartbeats_sent_total") == 1.0
     assert value(b, "hapair_heartbeats_sent_total") == 0.0
+
+
+def test_kernel_drops_per_link_are_read_at_each_scrape(m: Metrics) -> None:
+    assert value(m, "hapair_heartbeat_dropped_total", link="10.0.0.12") is None
+    drops = {"10.0.0.12": 7, "192.168.77.2": 0}
+    m.watch_drops(lambda: drops)
+    assert value(m, "hapair_heartbeat_dropped_total", link="10.0.0.12") == 7.0
+    drops["10.0.0.12"] = 90
+    assert value(m, "hapair_heartbeat_dropped_total", link="10.0.0.12") == 90.0
+    assert value(m, "hapair_heartbeat_dropped_total", link="192.168.77.2") == 0.0
+
+
+def test_a_failing_drop_source_does_not_fail_the_scrape(m: Metrics) -> None:
+    def closed() -> dict[str, int]:
+        raise OSError("socket closed meanwhile")
+
+    m.watch_drops(closed)
+    assert value(m, "hapair_role", role="INIT") == 1.0
+    assert value(m, "hapair_heartbeat_dropped_total", link="10.0.0.12") is None

@@ -104,6 +104,7 @@ def test_format_status_shows_the_facts() -> None:
             "last_transition": {"from": "BACKUP", "to": "MASTER", "reason": "peer_dead",
                                 "ago": 12.0, "at": 1.7e9},
             "rejected": {"bad_mac": 2},
+            "heartbeat_drops": {"10.0.0.12": 51234, "192.168.77.2": 0},
             "balancer": {"kind": "proxy", "scheduler": "weighted", "mode": "hot",
                          "active": True, "plane": {},
                          "backends": {"10.0.1.21:80": {"up": False, "reason": "refused",
@@ -118,6 +119,7 @@ def test_format_status_shows_the_facts() -> None:
     )  # fmt: skip
     for needle in ("MASTER", "priority 90 (base 150)", "10.0.0.50/24", "peer lb2: BACKUP",
                    "192.168.77.2", "peer_dead", "bad_mac=2", "balancer: proxy (weighted, hot)",
+                   "per link: 10.0.0.12=51234, 192.168.77.2=0",
                    "backend 10.0.1.21:80: DOWN (refused, 7 probes)",
                    "recent transitions (newest last):",
                    "(40.0s ago) INIT -> BACKUP (peer_is_master), term 2",
