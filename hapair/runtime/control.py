@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
+import inspect
 import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -17,7 +18,8 @@ from hapair.errors import HapairError, RuntimeSetupError
 MAX_REQUEST: Final = 4096
 CLIENT_TIMEOUT: Final = 2.0
 
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
+#: A reply, or an awaitable one (a reload waits for the balancer, off the loop).
+Handler = Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]]
 
 
 class ControlServer:
@@ -52,7 +54,8 @@ class ControlServer:
                 request = json.loads(line[:MAX_REQUEST] or b"{}")
                 if not isinstance(request, dict):
                     raise ValueError("request must be a JSON object")
-                reply = self.handler(request)
+                answer = self.handler(request)
+                reply = await answer if inspect.isawaitable(answer) else answer
             except (ValueError, HapairError) as exc:
                 reply = {"ok": False, "error": str(exc)}
             writer.write(json.dumps(reply).encode() + b"\n")

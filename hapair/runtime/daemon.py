@@ -104,6 +104,8 @@ class Daemon:
         self.log = get_logger()
         self.node: Node | None = None
         self.notifier = notifier or Notifier(None)
+        self._reload_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Future[None]] = set()
 
     async def run(self) -> int:
         """Set up, run the node until it stops, tear down. Returns the exit status."""
@@ -292,26 +294,33 @@ class Daemon:
             self.notifier.stopping("stopping")
 
     def _on_hup(self) -> None:
-        result = self.reload()
+        task = asyncio.ensure_future(self._hup())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _hup(self) -> None:
+        result = await self.reload()
         if not result.get("ok"):
             self.log.error("config_reload_failed", error=result.get("error"))
 
-    def reload(self) -> dict[str, Any]:
+    async def reload(self) -> dict[str, Any]:
         """Validate the file again and apply what can change live; keep the old on error.
 
-        systemd hears RELOADING=1 before and READY=1 after, refused or not (otherwise the
-        unit would stay "reloading").
+        The balancer's part runs off the loop and is awaited here (the heartbeats go on);
+        reloads run one at a time. systemd hears RELOADING=1 before and READY=1 after,
+        refused or not (otherwise the unit would stay "reloading").
         """
         node = self.node
         if node is None:
             return {"ok": False, "error": "not running"}
-        self.notifier.reloading()
-        try:
-            return self._apply_reload(node)
-        finally:
-            self.notifier.ready(status_line_from(node.status()))
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                return await self._apply_reload(node)
+            finally:
+                self.notifier.ready(status_line_from(node.status()))
 
-    def _apply_reload(self, node: Node) -> dict[str, Any]:
+    async def _apply_reload(self, node: Node) -> dict[str, Any]:
         try:
             new = load_config(self.config_path)
             key = read_secret(new.cluster.secret_file)
@@ -337,11 +346,11 @@ class Daemon:
                 "error": f"{', '.join(changed)} cannot change on reload: restart the daemon "
                 "(hapair handover first to avoid an outage)",
             }
-        balancer = node.io.balancer
-        if balancer is not None and new.balancer is not None and new.balancer != old.balancer:
+        driver = node.balancing
+        if driver is not None and new.balancer is not None and new.balancer != old.balancer:
             # First, and all or nothing: a pool the data plane refuses rejects the whole reload.
             try:
-                balancer.reload(new.balancer, node.clock.now())
+                await driver.reload(new.balancer)
             except BalancerError as exc:
                 return {"ok": False, "error": f"balancer: {exc} (the running balancer is kept)"}
             self.log.info("balancer_reloaded", kind=new.balancer.kind)
@@ -351,7 +360,7 @@ class Daemon:
         self.log.info("config_reloaded", source=self.config_path)
         return {"ok": True}
 
-    def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
         node = self.node
         if node is None:
             return {"ok": False, "error": "starting"}
@@ -364,7 +373,7 @@ class Daemon:
                 return {"ok": False, "error": refused}
             return {"ok": True}
         if cmd == "reload":
-            return self.reload()
+            return await self.reload()
         if cmd == "maintenance":
             on = request.get("on")
             if not isinstance(on, bool):

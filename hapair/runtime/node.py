@@ -134,6 +134,7 @@ class Node:
                 wake=self._wake.set,
                 tasks=self._probe_tasks,
                 metrics=io.metrics,
+                on_started=self._balancer_started,
             )
             if io.balancer is not None
             else None
@@ -143,6 +144,8 @@ class Node:
             log=self.log, status=self.status, now=now,
         )  # fmt: skip
         self._macs: dict[str, bytes] = {}
+        #: A takeover's GARP burst held until the cold balancer serves (its start is off-loop).
+        self._held_announce: Announce | None = None
         self._accepted_on: dict[str, str] = {}
         self._next_save = now + STATE_SAVE_INTERVAL
         self.done = False
@@ -241,6 +244,8 @@ class Node:
                 loop.remove_reader(fd)
             for task in self._probe_tasks:
                 task.cancel()
+            if self.balancing is not None:
+                await self.balancing.close()  # the daemon then stops the balancer itself
             # The last role change's hook gets a moment (the VIPs are released already).
             await self.hooks.close(wait=0.5)
 
@@ -474,6 +479,13 @@ class Node:
         self.log.error("balancer_failed", error=str(exc))
         self._handle(FitnessChanged(0, True, "balancer_failed"))
 
+    def _balancer_started(self, ok: bool) -> None:
+        """The cold balancer's start finished: announce the VIP now (a failure already put
+        the node in FAULT, which released it)."""
+        held, self._held_announce = self._held_announce, None
+        if ok and held is not None and self.election.role is Role.MASTER:
+            self.holder.announce(held.reason, second_burst=held.reason == "takeover")
+
     async def _probe(self, check: Check) -> None:
         ok = await run_probe(check.argv, check.track.timeout)
         check.running = False
@@ -500,7 +512,10 @@ class Node:
             elif isinstance(action, ReleaseVips):
                 self.holder.release(action.reason)
             elif isinstance(action, Announce):
-                self.holder.announce(action.reason, second_burst=action.reason == "takeover")
+                if self.balancing is not None and self.balancing.starting:
+                    self._held_announce = action  # announced once the balancer serves
+                else:
+                    self.holder.announce(action.reason, second_burst=action.reason == "takeover")
             elif isinstance(action, SendHeartbeat):
                 self._send_heartbeat(action.resigning)
             elif isinstance(action, PeerLost):
@@ -524,6 +539,7 @@ class Node:
         self.ops.role_changed(action, e.effective_priority, self._peer_names(), self.clock.now())
         if action.to_role is not Role.MASTER:
             self.holder.schedule.stop()
+            self._held_announce = None
         if self.balancing is not None and action.to_role is not Role.MASTER:
             self.balancing.stop_cold()
         # Persist at the end of this step: the VIP and its first GARP must not wait for disk.
