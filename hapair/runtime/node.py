@@ -54,6 +54,7 @@ from hapair.ops.hooks import HookRunner
 from hapair.runtime.balancing import BalancerDriver
 from hapair.runtime.clock import Clock
 from hapair.runtime.conflicts import ConflictResponder
+from hapair.runtime.lateness import DEFAULT_THRESHOLD, LatenessMeter
 from hapair.runtime.ops_notify import OpsNotifier
 from hapair.runtime.state import PersistentState, save_state
 from hapair.runtime.status import build_status
@@ -78,6 +79,11 @@ from hapair.wire.replay import ReplayGuard
 
 #: How often the replay marks are written while running (also at every role change and stop).
 STATE_SAVE_INTERVAL: Final = 10.0
+
+
+def late_threshold(cfg: Config) -> float:
+    """A wake this late is logged (once) and counted: 10 ms, or half an interval if shorter."""
+    return min(DEFAULT_THRESHOLD, cfg.cluster.interval / 2)
 
 
 class Node:
@@ -148,6 +154,7 @@ class Node:
         self._held_announce: Announce | None = None
         self._accepted_on: dict[str, str] = {}
         self._next_save = now + STATE_SAVE_INTERVAL
+        self.lateness = LatenessMeter(cfg.cluster.interval, now, late_threshold(cfg))
         self.done = False
 
     # -- entry points from signals and the control socket ---------------------------------
@@ -178,6 +185,8 @@ class Node:
         if not cfg.cluster.peers_auto:  # with "auto", discovery keeps the peer up to date
             self.io.transport.set_peers(cfg.cluster.peer_addresses)
         self.holder.schedule.timers = announce_timers(cfg)
+        self.lateness.interval = cfg.cluster.interval
+        self.lateness.threshold = late_threshold(cfg)
         if cfg.track != old.track:
             self.checks = build_checks(cfg.track, now)
             self._initial_fitness()
@@ -230,14 +239,20 @@ class Node:
             fds.append(w.fileno())
         try:
             self._initial_fitness()
+            woke = self.clock.now()
             while not self.done:
-                timeout = max(0.0, self._next_deadline() - self.clock.now())
+                deadline = self._next_deadline()
                 if not self._wake.is_set():
+                    timeout = max(0.0, deadline - self.clock.now())
                     # call_later + Event is much cheaper than wait_for (no task per wake-up).
                     timer = loop.call_later(timeout, self._wake.set)
                     await self._wake.wait()
                     timer.cancel()
                 self._wake.clear()
+                # A deadline that passed while the last step ran was due when that step began:
+                # a step (or a callback) that blocks shows up as lateness too.
+                expected, woke = max(deadline, woke), self.clock.now()
+                self._measure(expected, woke)
                 self.step()
         finally:
             for fd in fds:
@@ -248,6 +263,20 @@ class Node:
                 await self.balancing.close()  # the daemon then stops the balancer itself
             # The last role change's hook gets a moment (the VIPs are released already).
             await self.hooks.close(wait=0.5)
+
+    def _measure(self, expected: float, actual: float) -> None:
+        """Feed the lateness meter with a wake that was due (an early I/O wake is not late)."""
+        if actual < expected:
+            return
+        late = self.lateness.observe_at(expected, actual)
+        if self.io.metrics is not None:
+            self.io.metrics.loop_lateness(actual - expected)
+        if late is not None:
+            self.log.warning(
+                "loop_late", lateness=round(late.lateness, 4),
+                threshold=self.lateness.threshold,
+                note="logged once; then counted (hapair status: loop.late_wakes)",
+            )  # fmt: skip
 
     def _next_deadline(self) -> float:
         deadlines = [self.election.next_deadline(), self._next_save]
@@ -589,6 +618,7 @@ class Node:
         if self.io.balancer is not None:
             status["balancer"] = self.io.balancer.status()
         status["transitions"] = self.ops.transitions_at(self.clock.now())
+        status["loop"] = self.lateness.snapshot_at(self.clock.now())
         return status
 
     def shutdown(self) -> None:

@@ -189,3 +189,11 @@ def test_two_instances_do_not_share_a_registry(clock: FakeClock) -> None:
     a.heartbeat_sent()
     assert value(a, "hapair_heartbeats_sent_total") == 1.0
     assert value(b, "hapair_heartbeats_sent_total") == 0.0
+
+
+def test_loop_lateness_is_a_histogram(m: Metrics) -> None:
+    m.loop_lateness(0.0002)
+    m.loop_lateness(0.003)
+    assert value(m, "hapair_loop_lateness_seconds_bucket", le="0.0005") == 1.0
+    assert value(m, "hapair_loop_lateness_seconds_bucket", le="0.005") == 2.0
+    assert value(m, "hapair_loop_lateness_seconds_count") == 2.0
