@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -181,7 +182,7 @@ def worst_lateness(status: dict[str, Any]) -> float | None:
     return None if worst is None else float(worst) * 1000
 
 
-def run_kind(kind: str, seconds: float, index: int) -> Result:
+def run_kind(kind: str, seconds: float, index: int, keep: Path | None = None) -> Result:
     lab = Lab(f"lo{os.getpid() % 1000}k{index}", timers=TIMERS)
     lab.up()
     try:
@@ -252,6 +253,12 @@ def run_kind(kind: str, seconds: float, index: int) -> Result:
             counts["reloads"], counts["refused"], counts["flaps"],
         )  # fmt: skip
     finally:
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            for node in ("a", "b"):
+                log = lab.hapair.log_path(node)
+                if log.exists():
+                    shutil.copy(log, keep / f"{kind}-{node}.log")
         lab.down()
 
 
@@ -260,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep-logs", type=Path, help="copy the daemons' logs here")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/churn.py needs root (network namespaces)", file=sys.stderr)
@@ -282,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for i, kind in enumerate(kinds):
         try:
-            result = run_kind(kind, args.seconds, i)
+            result = run_kind(kind, args.seconds, i, args.keep_logs)
         except LabError as exc:
             print(f"{kind:<14} lab failed: {exc}")
             continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, Final, Protocol, TypeVar
@@ -20,6 +21,11 @@ Done = Callable[[Any, BaseException | None], None]
 
 #: How long ``close()`` waits for the job in hand (an engine reload waits up to 5 s).
 CLOSE_WAIT: Final = 20.0
+#: The GIL switch interval while a worker runs (CPython's default is 5 ms). A worker busy in
+#: Python code holds the GIL for a whole interval, and the loop waits that long to get it
+#: back after *each* system call it makes (a send, a receive): a step of a few calls would
+#: be late by tens of milliseconds. Half a millisecond keeps that under the loop's budget.
+SWITCH_INTERVAL: Final = 0.0005
 
 
 class Worker(Protocol):
@@ -47,6 +53,7 @@ class ThreadWorker:
             done(None, RuntimeError(f"{self.name} is closed"))
             return
         if self._thread is None:
+            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
             self._loop = asyncio.get_running_loop()
             self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
             self._thread.start()
