@@ -79,6 +79,7 @@ class LatenessMeter:
         return {
             "worst_lateness_last_minute": round(self.worst_last_minute_at(now), 6),
             "worst_lateness_last_interval": round(self.last_interval_worst, 6),
+            "worst_lateness_since_start": round(self.worst_ever, 6),
             "late_wakes": self.late_wakes,
             "late_threshold": self.threshold,
         }
