@@ -12,8 +12,11 @@ import pytest
 from hapair.lab.nodes import PEER
 from hapair.lab.topology import Lab
 
-#: The bound, in seconds (HAPAIR_LATENESS_BOUND_MS overrides it on a loaded host).
-LATENESS_BOUND: Final = float(os.environ.get("HAPAIR_LATENESS_BOUND_MS", "10")) / 1000
+#: The bound, in seconds. The blocking calls moved off the loop took 30 to 300 ms; on this
+#: shared 2-core VM at load 5 a daemon that blocks nothing is still late by 10 ms now and then
+#: (it is runnable, not running), so 10 ms fails tests at random. HAPAIR_LATENESS_BOUND_MS
+#: overrides it (10 on a quiet CI host).
+LATENESS_BOUND: Final = float(os.environ.get("HAPAIR_LATENESS_BOUND_MS", "20")) / 1000
 
 _problems: list[str] = []
 
