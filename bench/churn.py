@@ -13,7 +13,10 @@ the data plane really reloads). Printed per kind:
 - the MASTER's worst loop lateness over the last minute (``hapair status``; "n/a" on a daemon
   that does not measure it).
 
-    sudo .venv/bin/python bench/churn.py [--seconds 60] [--kinds nat,dr] [--json]
+Kind ``none`` (not in the default list) runs the same pair and churn without a balancer: the
+host's noise floor, to tell a loaded machine from a loop that blocks.
+
+    sudo .venv/bin/python bench/churn.py [--seconds 60] [--kinds nat,dr,none] [--json]
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ KINDS: Final = {
     "proxy-haproxy": ("proxy", '[balancer.proxy]\nengine = "haproxy"\n', 8080),
     "redirect": ("redirect", "", 8080),
     "dns": ("dns", '[balancer.dns]\nnames = ["www.example.com"]\nttl = "1s"\n', 53),
+    # No balancer at all, the same reloads (of an unchanged file) and flaps: the host's noise
+    # floor, what the same pair shows when nothing in it blocks.
+    "none": ("none", "", 0),
 }
 
 # Runs in the BACKUP's namespace: kernel receive times of every UDP datagram to port 694 from
@@ -110,6 +116,8 @@ class Result:
 
 def balancer_toml(kind: str, r2_weight: int) -> str:
     engine_kind, table, port = KINDS[kind]
+    if engine_kind == "none":
+        return ""
     return f"""
 [balancer]
 kind = "{engine_kind}"
@@ -204,7 +212,7 @@ def run_kind(kind: str, seconds: float, index: int, keep: Path | None = None) ->
         lab.hapair.start("b")
         if not wait_until(lambda: lab.vip_holders() == ["a"], timeout=15):
             raise LabError(f"{kind}: a never became the only VIP holder")
-        if not wait_until(lambda: pool_ready(lab), timeout=15):
+        if engine_kind != "none" and not wait_until(lambda: pool_ready(lab), timeout=15):
             raise LabError(f"{kind}: the pool never became ready on both nodes")
         time.sleep(1.0)  # the start-up's last reloads settle
         t0 = time.time()
@@ -265,7 +273,11 @@ def run_kind(kind: str, seconds: float, index: int, keep: Path | None = None) ->
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument(
+        "--kinds",
+        default=",".join(k for k in KINDS if k != "none"),
+        help="comma-separated; 'none' is the pair without a balancer (the host's noise floor)",
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep-logs", type=Path, help="copy the daemons' logs here")
     args = parser.parse_args(argv)

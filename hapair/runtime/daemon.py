@@ -321,9 +321,13 @@ class Daemon:
                 self.notifier.ready(status_line_from(node.status()))
 
     async def _apply_reload(self, node: Node) -> dict[str, Any]:
+        def load() -> tuple[Config, bytes]:
+            cfg = load_config(self.config_path)
+            return cfg, read_secret(cfg.cluster.secret_file)
+
         try:
-            new = load_config(self.config_path)
-            key = read_secret(new.cluster.secret_file)
+            # Off the loop: file reads (a slow disk, a FIFO) and validation take their time.
+            new, key = await asyncio.to_thread(load)
         except HapairError as exc:
             return {"ok": False, "error": str(exc)}
         old = self.cfg
