@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -202,6 +203,10 @@ class Daemon:
                     interval=cfg.cluster.interval,
                     dead_time=round(cfg.dead_time, 4),
                 )
+                # Start-up made nearly every long-lived object; a full collection would walk
+                # them all again, on the loop (measured: 30-50 ms pauses under balancer churn).
+                gc.collect()
+                gc.freeze()
                 self.notifier.ready(status_line_from(node.status()))
                 await node.run()
             finally:
