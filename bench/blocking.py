@@ -81,6 +81,48 @@ def engine_rows(engine: str, runs: int) -> list[tuple[str, tuple[float, float]]]
     return rows
 
 
+def dns_rows(runs: int) -> list[tuple[str, tuple[float, float]]]:
+    """The DNS responder: start, a new pool (SIGHUP + wait until it serves it), stop."""
+    from hapair.balancer.dns import DnsDataPlane
+    from hapair.balancer.plane import Member, Pool
+    from hapair.config.load import validate_config
+
+    cfg = validate_config(
+        {
+            "node": {"name": "a", "priority": 150},
+            "cluster": {"name": "c", "peers": ["10.99.0.2"]},
+            "vip": [{"address": f"{VIP}/24", "interface": "d0"}],
+            "balancer": {
+                "kind": "dns", "listen": f"{VIP}:53", "dns": {"names": ["www.example.com"]},
+                "backend": [{"address": "10.99.0.21:80"}, {"address": "10.99.0.22:80"}],
+            },
+        },
+        check_secret=False,
+    )  # fmt: skip
+    assert cfg.balancer is not None
+    rows: list[tuple[str, tuple[float, float]]] = []
+    with tempfile.TemporaryDirectory() as run:
+        plane = DnsDataPlane(cfg.balancer, run_dir=Path(run))
+        a = Pool((Member(ipaddress.ip_address("10.99.0.21"), 80),))
+        b = Pool((Member(ipaddress.ip_address("10.99.0.22"), 80),))
+        t = time.perf_counter()
+        plane.apply(a)
+        start_ms = (time.perf_counter() - t) * 1000
+        rows.append(("dns responder: start", (start_ms, start_ms)))
+        flip = [a, b]
+
+        def swap() -> None:
+            flip.reverse()
+            plane.apply(flip[0])
+
+        rows.append(("dns responder: apply new pool (HUP + wait)", timed(runs, swap)))
+        t = time.perf_counter()
+        plane.remove()
+        stop_ms = (time.perf_counter() - t) * 1000
+        rows.append(("dns responder: stop (remove)", (stop_ms, stop_ms)))
+    return rows
+
+
 def inner(runs: int) -> None:
     from hapair.balancer.dr import IpLinks
     from hapair.balancer.nat import nft_binary, nft_load
@@ -128,6 +170,7 @@ def inner(runs: int) -> None:
                  (statistics.median(spawn_ms), max(spawn_ms))))  # fmt: skip
     for engine in ("nginx", "haproxy"):
         rows += engine_rows(engine, runs)
+    rows += dns_rows(runs)
     print(f"{'call':<48} {'median ms':>10} {'worst ms':>10}")
     for name, (median, worst) in rows:
         print(f"{name:<48} {median:>10.2f} {worst:>10.2f}")

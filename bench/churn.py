@@ -190,7 +190,9 @@ def worst_lateness(status: dict[str, Any]) -> float | None:
     return None if worst is None else float(worst) * 1000
 
 
-def run_kind(kind: str, seconds: float, index: int, keep: Path | None = None) -> Result:
+def run_kind(
+    kind: str, seconds: float, index: int, keep: Path | None = None, rt: bool = False
+) -> Result:
     lab = Lab(f"lo{os.getpid() % 1000}k{index}", timers=TIMERS)
     lab.up()
     try:
@@ -210,6 +212,12 @@ def run_kind(kind: str, seconds: float, index: int, keep: Path | None = None) ->
         write_configs(lab, kind, 1)
         lab.hapair.start("a")
         lab.hapair.start("b")
+        if rt:
+            # The loop's thread (the main one) under SCHED_RR, as keepalived runs VRRP: a
+            # loaded host then cannot keep it waiting behind other runnable processes.
+            for node in ("a", "b"):
+                for pid in lab.hapair.pids(node):
+                    os.sched_setscheduler(pid, os.SCHED_RR, os.sched_param(10))
         if not wait_until(lambda: lab.vip_holders() == ["a"], timeout=15):
             raise LabError(f"{kind}: a never became the only VIP holder")
         if engine_kind != "none" and not wait_until(lambda: pool_ready(lab), timeout=15):
@@ -280,6 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep-logs", type=Path, help="copy the daemons' logs here")
+    parser.add_argument(
+        "--rt", action="store_true", help="run the daemons' loop threads under SCHED_RR"
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/churn.py needs root (network namespaces)", file=sys.stderr)
@@ -295,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"balancer churn: {args.seconds:g} s at {TIMERS.interval * 1000:g} ms x "
         f"{TIMERS.dead_after}; r1 flaps every {FLAP_PERIOD:g} s, reload every {RELOAD_PERIOD:g} s;"
         f" target 0 role changes, gap <= {2 * TIMERS.interval * 1000:g} ms"
+        + ("; loop threads SCHED_RR" if args.rt else "")
     )
     print(
         f"{'kind':<14} {'roles':>6} {'max gap ms':>12} {'late ms':>12} {'reloads':>8}"
@@ -302,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for i, kind in enumerate(kinds):
         try:
-            result = run_kind(kind, args.seconds, i, args.keep_logs)
+            result = run_kind(kind, args.seconds, i, args.keep_logs, args.rt)
         except LabError as exc:
             print(f"{kind:<14} lab failed: {exc}")
             continue
