@@ -6,6 +6,11 @@ held the loop (a blocking call, a CPU storm, a stop). The meter keeps the worst 
 the heartbeat interval in progress and of the last one, the worst of the last minute (in
 one-second slots, so memory stays fixed), and counts the wakes later than a threshold; the
 first of those is reported once so that the driver logs it, later ones are only counted.
+
+Part of a lateness may be the kernel's: the process was runnable, but other processes had
+the CPUs (a loaded host). The driver passes that share in (``waited``: the time the loop's
+thread spent waiting for a CPU since its previous wake, from ``/proc/thread-self/schedstat``);
+what remains, ``blocked``, is the daemon's own doing (a blocking call, the GIL, a GC pause).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class LateWake:
 
     lateness: float
     expected: float
+    blocked: float  # the part not spent waiting for a CPU
 
 
 class LatenessMeter:
@@ -40,17 +46,20 @@ class LatenessMeter:
         self.threshold = threshold
         self.late_wakes = 0
         self.worst_ever = 0.0
+        self.worst_blocked = 0.0
         self._interval_start = now
         self._interval_worst = 0.0
         self.last_interval_worst = 0.0
         self._slots: deque[tuple[int, float]] = deque()  # (slot number, worst in it)
         self._logged = False
 
-    def observe_at(self, expected: float, actual: float) -> LateWake | None:
-        """The loop meant to wake at ``expected`` and woke at ``actual``; returns the wake to
-        log when it is the first one later than the threshold."""
+    def observe_at(self, expected: float, actual: float, waited: float = 0.0) -> LateWake | None:
+        """The loop meant to wake at ``expected`` and woke at ``actual``, ``waited`` of it for
+        a CPU; returns the wake to log when it is the first one later than the threshold."""
         self._roll(actual)
         lateness = max(0.0, actual - expected)
+        blocked = max(0.0, lateness - max(0.0, waited))
+        self.worst_blocked = max(self.worst_blocked, blocked)
         self._interval_worst = max(self._interval_worst, lateness)
         self.worst_ever = max(self.worst_ever, lateness)
         slot = int(actual // SLOT)
@@ -66,7 +75,7 @@ class LatenessMeter:
         if self._logged:
             return None
         self._logged = True
-        return LateWake(lateness, expected)
+        return LateWake(lateness, expected, blocked)
 
     def worst_last_minute_at(self, now: float) -> float:
         """The worst lateness of the last ``WINDOW`` seconds."""
@@ -80,6 +89,7 @@ class LatenessMeter:
             "worst_lateness_last_minute": round(self.worst_last_minute_at(now), 6),
             "worst_lateness_last_interval": round(self.last_interval_worst, 6),
             "worst_lateness_since_start": round(self.worst_ever, 6),
+            "worst_blocked_since_start": round(self.worst_blocked, 6),
             "late_wakes": self.late_wakes,
             "late_threshold": self.threshold,
         }

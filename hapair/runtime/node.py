@@ -52,7 +52,7 @@ from hapair.net.watch import (
 )
 from hapair.ops.hooks import HookRunner
 from hapair.runtime.balancing import BalancerDriver
-from hapair.runtime.clock import Clock
+from hapair.runtime.clock import Clock, CpuWait
 from hapair.runtime.conflicts import ConflictResponder
 from hapair.runtime.lateness import DEFAULT_THRESHOLD, LatenessMeter
 from hapair.runtime.ops_notify import OpsNotifier
@@ -237,9 +237,10 @@ class Node:
         for w in self.io.arp.values():
             loop.add_reader(w.fileno(), self._ready, "arp")
             fds.append(w.fileno())
+        cpu = CpuWait()  # opened on the loop's thread: it reads this thread's schedstat
         try:
             self._initial_fitness()
-            woke = self.clock.now()
+            woke, waited = self.clock.now(), cpu.now()
             while not self.done:
                 deadline = self._next_deadline()
                 if not self._wake.is_set():
@@ -252,11 +253,14 @@ class Node:
                 # A deadline that passed while the last step ran was due when that step began:
                 # a step (or a callback) that blocks shows up as lateness too.
                 expected, woke = max(deadline, woke), self.clock.now()
-                self._measure(expected, woke)
+                if woke >= expected:  # due (an early I/O wake is not late): read the CPU wait
+                    before, waited = waited, cpu.now()
+                    self._measure(expected, woke, waited - before)
                 self.step()
         finally:
             for fd in fds:
                 loop.remove_reader(fd)
+            cpu.close()
             for task in self._probe_tasks:
                 task.cancel()
             if self.balancing is not None:
@@ -264,16 +268,15 @@ class Node:
             # The last role change's hook gets a moment (the VIPs are released already).
             await self.hooks.close(wait=0.5)
 
-    def _measure(self, expected: float, actual: float) -> None:
-        """Feed the lateness meter with a wake that was due (an early I/O wake is not late)."""
-        if actual < expected:
-            return
-        late = self.lateness.observe_at(expected, actual)
+    def _measure(self, expected: float, actual: float, waited: float) -> None:
+        """Feed the lateness meter with a wake that was due; ``waited``: the loop thread's
+        time in the CPU run queue since the last due wake."""
+        late = self.lateness.observe_at(expected, actual, waited)
         if self.io.metrics is not None:
             self.io.metrics.loop_lateness(actual - expected)
         if late is not None:
             self.log.warning(
-                "loop_late", lateness=round(late.lateness, 4),
+                "loop_late", lateness=round(late.lateness, 4), blocked=round(late.blocked, 4),
                 threshold=self.lateness.threshold,
                 note="logged once; then counted (hapair status: loop.late_wakes)",
             )  # fmt: skip

@@ -1,5 +1,9 @@
 """The netns tests run real daemons: each daemon's worst loop lateness is read when its lab
-goes down (``HapairPair.worst_lateness``), and the test fails if one exceeded the bound."""
+goes down (``HapairPair.worst_lateness``), and the test fails if one exceeded the bound.
+
+What is bounded is the lateness the daemon caused itself: the time its loop thread waited
+for a CPU (other labs, other tests on a shared host) is taken out (see hapair.runtime.lateness).
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,9 @@ import pytest
 from hapair.lab.nodes import PEER
 from hapair.lab.topology import Lab
 
-#: The bound, in seconds. The blocking calls moved off the loop took 30 to 300 ms; on this
-#: shared 2-core VM at load 5 a daemon that blocks nothing is still late by 10 ms now and then
-#: (it is runnable, not running), so 10 ms fails tests at random. HAPAIR_LATENESS_BOUND_MS
-#: overrides it (10 on a quiet CI host).
-LATENESS_BOUND: Final = float(os.environ.get("HAPAIR_LATENESS_BOUND_MS", "20")) / 1000
+#: The bound, in seconds (the blocking calls moved off the loop took 30 to 300 ms);
+#: HAPAIR_LATENESS_BOUND_MS overrides it.
+LATENESS_BOUND: Final = float(os.environ.get("HAPAIR_LATENESS_BOUND_MS", "10")) / 1000
 
 _problems: list[str] = []
 
@@ -27,7 +29,7 @@ def lateness_problems(lab: Lab, bound: float) -> list[str]:
     for node in PEER:
         worst = lab.hapair.worst_lateness(node)
         if worst is not None and worst > bound:
-            out.append(f"{lab.prefix}-{node}: loop late by {worst * 1000:.1f} ms")
+            out.append(f"{lab.prefix}-{node}: loop blocked {worst * 1000:.1f} ms")
     return out
 
 

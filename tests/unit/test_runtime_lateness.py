@@ -68,3 +68,13 @@ def test_worst_of_the_minute_covers_the_window(
     assert worst >= max(inner, default=0.0) - 1e-12
     assert worst <= max(outer, default=0.0) + 1e-12
     assert worst >= 0.0
+
+
+def test_time_spent_waiting_for_a_cpu_is_not_the_daemons_blocking() -> None:
+    m = LatenessMeter(0.02, now=0.0, threshold=0.010)
+    late = m.observe_at(1.0, 1.050, waited=0.045)  # a loaded host: runnable, not running
+    assert late is not None and abs(late.blocked - 0.005) < 1e-9
+    m.observe_at(2.0, 2.030, waited=0.0)  # a blocking call: all of it counts
+    snap = m.snapshot_at(2.03)
+    assert snap["worst_lateness_since_start"] == 0.05
+    assert snap["worst_blocked_since_start"] == 0.03
