@@ -10,8 +10,9 @@ the data plane really reloads). Printed per kind:
 - role changes in that time (both nodes; target 0),
 - the MASTER's longest gap between heartbeats as the BACKUP's namespace receives them (kernel
   timestamps on a packet socket; target at most 2 intervals),
-- the MASTER's worst loop lateness over the last minute (``hapair status``; "n/a" on a daemon
-  that does not measure it).
+- the MASTER's worst loop lateness over the last minute, and the worst part of a lateness that
+  was not spent waiting for a CPU since its start ("blocked": the daemon's own doing), from
+  ``hapair status`` ("n/a" on a daemon that does not measure it).
 
 Kind ``none`` (not in the default list) runs the same pair and churn without a balancer: the
 host's noise floor, to tell a loaded machine from a loop that blocks.
@@ -99,6 +100,7 @@ class Result:
     role_changes: int
     max_gap_ms: float | None
     lateness_ms: float | None
+    blocked_ms: float | None
     reloads: int
     refused: int
     flaps: int
@@ -106,10 +108,12 @@ class Result:
     def row(self) -> str:
         gap = "n/a" if self.max_gap_ms is None else f"{self.max_gap_ms:.1f}"
         late = "n/a" if self.lateness_ms is None else f"{self.lateness_ms:.1f}"
+        blocked = "n/a" if self.blocked_ms is None else f"{self.blocked_ms:.1f}"
         ok = self.role_changes == 0 and self.max_gap_ms is not None
         ok = ok and self.max_gap_ms <= 2 * TIMERS.interval * 1000  # type: ignore[operator]
         return (
-            f"{self.kind:<14} {self.role_changes:>6} {gap:>12} {late:>12} {self.reloads:>8}"
+            f"{self.kind:<14} {self.role_changes:>6} {gap:>12} {late:>12} {blocked:>10}"
+            f" {self.reloads:>8}"
             f" {self.refused:>8} {self.flaps:>6}  {'ok' if ok else 'MISSED'}"
         )
 
@@ -182,11 +186,11 @@ def flap(lab: Lab, down: bool) -> None:
         lab.exec("r1", ["nft", "flush", "chain", "inet", TABLE, "input"])
 
 
-def worst_lateness(status: dict[str, Any]) -> float | None:
+def worst_lateness(status: dict[str, Any], key: str) -> float | None:
     loop = status.get("status", {}).get("loop")
     if not isinstance(loop, dict):
         return None
-    worst = loop.get("worst_lateness_last_minute")
+    worst = loop.get(key)
     return None if worst is None else float(worst) * 1000
 
 
@@ -262,10 +266,12 @@ def run_kind(
         out, _ = sniffer.popen.communicate(timeout=seconds + 10)
         sniffed = json.loads(out.decode().strip().splitlines()[-1])
         changes = [e for e in lab.hapair.events() if e.name == "role_changed" and t0 <= e.ts]
-        late = worst_lateness(control(lab, "a", "status"))
+        status = control(lab, "a", "status")
+        late = worst_lateness(status, "worst_lateness_last_minute")
+        blocked = worst_lateness(status, "worst_blocked_since_start")
         gap = sniffed.get("max_gap")
         return Result(
-            kind, len(changes), None if gap is None else gap * 1000, late,
+            kind, len(changes), None if gap is None else gap * 1000, late, blocked,
             counts["reloads"], counts["refused"], counts["flaps"],
         )  # fmt: skip
     finally:
@@ -309,7 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         + ("; loop threads SCHED_RR" if args.rt else "")
     )
     print(
-        f"{'kind':<14} {'roles':>6} {'max gap ms':>12} {'late ms':>12} {'reloads':>8}"
+        f"{'kind':<14} {'roles':>6} {'max gap ms':>12} {'late ms':>12} {'blocked ms':>10}"
+        f" {'reloads':>8}"
         f" {'refused':>8} {'flaps':>6}"
     )
     for i, kind in enumerate(kinds):
