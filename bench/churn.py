@@ -218,10 +218,13 @@ def run_kind(
         lab.hapair.start("b")
         if rt:
             # The loop's thread (the main one) under SCHED_RR, as keepalived runs VRRP: a
-            # loaded host then cannot keep it waiting behind other runnable processes.
+            # loaded host then cannot keep it waiting behind other runnable processes. Not
+            # inherited (RESET_ON_FORK): the worker threads and the engines stay normal.
             for node in ("a", "b"):
                 for pid in lab.hapair.pids(node):
-                    os.sched_setscheduler(pid, os.SCHED_RR, os.sched_param(10))
+                    os.sched_setscheduler(
+                        pid, os.SCHED_RR | os.SCHED_RESET_ON_FORK, os.sched_param(10)
+                    )
         if not wait_until(lambda: lab.vip_holders() == ["a"], timeout=15):
             raise LabError(f"{kind}: a never became the only VIP holder")
         if engine_kind != "none" and not wait_until(lambda: pool_ready(lab), timeout=15):
