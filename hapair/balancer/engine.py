@@ -207,7 +207,18 @@ def still_accepting(pid: int, inodes: set[str], engine: str) -> bool:
 
 
 def children(pid: int, proc: Path = Path("/proc")) -> set[int]:
-    """The pids whose parent is ``pid``."""
+    """The pids whose parent is ``pid``.
+
+    ``/proc/PID/task/*/children`` answers at once; where the kernel lacks it, every
+    process's ``stat`` is read (milliseconds on a busy host, and a reload polls this).
+    """
+    try:
+        tasks = list((proc / str(pid) / "task").iterdir())
+        listed = [(task / "children").read_text() for task in tasks]
+    except OSError:
+        listed = []
+    if listed:
+        return {int(p) for text in listed for p in text.split()}
     found = set()
     for entry in proc.iterdir():
         if not entry.name.isdigit():

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from hapair.config.duration import format_duration
 from hapair.config.keygen import generate_key
+from hapair.errors import HapairError
 from hapair.lab import shell
 from hapair.lab.events import Event, LogFollower, current_role, first
 from hapair.lab.shell import LabError
@@ -229,6 +230,29 @@ class HapairPair(LogReadingPair):
     def running(self, node: str) -> bool:
         """Return whether the daemon on `node` is alive."""
         return self.lab.running(self._key(node))
+
+    def worst_lateness(self, node: str, key: str = "worst_blocked_since_start") -> float | None:
+        """The worst loop lateness `node`'s daemon saw, in seconds: from its status while it
+        runs (over its whole run; by default the part that was not waiting for a CPU), else
+        the ``loop_late`` line it logged (the first one over its threshold); None if neither
+        tells."""
+        from hapair.config import load_config
+        from hapair.runtime.control import request
+
+        worst: float | None = None
+        field = "blocked" if key.startswith("worst_blocked") else "lateness"
+        for ev in self.events():
+            late = ev.fields.get(field) if ev.name == "loop_late" else None
+            if ev.node == node and isinstance(late, int | float):
+                worst = max(worst or 0.0, float(late))
+        if self.running(node):
+            try:
+                path = load_config(str(self.config_path(node))).control_socket_path
+                loop = request(path, {"cmd": "status"}, timeout=2.0)["status"]["loop"]
+                worst = max(worst or 0.0, float(loop[key]))
+            except (OSError, ValueError, KeyError, TypeError, HapairError):
+                pass  # an older daemon, or one that is going away
+        return worst
 
     def pids(self, node: str) -> list[int]:
         """Return the daemon's pid (a list, for symmetry with multi-process daemons)."""

@@ -9,11 +9,18 @@ from __future__ import annotations
 import asyncio
 import math
 import shutil
+import signal
+import subprocess
 from dataclasses import dataclass, field
+from typing import Final
 
 from hapair.config.model import CommandTrack, GatewayTrack, InterfaceTrack, Track
 from hapair.core.hysteresis import Hysteresis
 from hapair.core.priority import Weight
+from hapair.ops.spawn import spawn
+
+#: How long a probe killed at its timeout gets to be reaped before the check moves on.
+KILL_REAP: Final = 1.0
 
 
 @dataclass
@@ -89,19 +96,14 @@ def missing_programs(checks: list[Check]) -> list[str]:
 
 
 async def run_probe(argv: tuple[str, ...], timeout: float) -> bool:
-    """Run ``argv`` (no shell) with a timeout; True on exit status 0."""
+    """Run ``argv`` (no shell; started off the loop) with a timeout; True on exit status 0."""
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-    except OSError:
+        child = await spawn(argv)
+    except (OSError, ValueError, subprocess.SubprocessError):
         return False
-    try:
-        return await asyncio.wait_for(proc.wait(), timeout) == 0
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return False
+    done, _ = await asyncio.wait({child.exited}, timeout=timeout)
+    if done:
+        return child.returncode == 0
+    child.signal_group(signal.SIGKILL)
+    await asyncio.wait({child.exited}, timeout=KILL_REAP)
+    return False

@@ -31,6 +31,7 @@ from typing import Any, Final, Protocol
 
 from hapair.config.hooks import Hook
 from hapair.core.roles import Role
+from hapair.ops.spawn import Child, spawn
 
 #: The lane of every role change: a newer role change supersedes the older chain.
 ROLE_LANE: Final = "role"
@@ -211,29 +212,6 @@ class OutputTail:
 # -- the asyncio half ------------------------------------------------------------------------
 
 
-class _Capture(asyncio.SubprocessProtocol):
-    """Keeps the hook's output tail; resolves ``exited`` when the process is reaped and
-    ``closed`` when its pipe reaches EOF (later, if a background child still holds it)."""
-
-    def __init__(self, limit: int) -> None:
-        loop = asyncio.get_running_loop()
-        self.output = OutputTail(limit)
-        self.exited: asyncio.Future[None] = loop.create_future()
-        self.closed: asyncio.Future[None] = loop.create_future()
-
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        self.output.feed(data)
-
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def process_exited(self) -> None:
-        # Process.wait() would also wait for the pipe; the exit itself is what counts here.
-        if not self.exited.done():
-            self.exited.set_result(None)
-
-
 class _Lane:
     """One lane: its worker task, the newest chain waiting to run, and the stop signal."""
 
@@ -379,55 +357,48 @@ class HookRunner:
         loop = asyncio.get_running_loop()
         fields = self._fields(plan, inv)
         started = loop.time()
+        output = OutputTail(self.output_limit)
         try:
-            transport, capture = await loop.subprocess_exec(
-                lambda: _Capture(self.output_limit),
-                *inv.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                env=dict(inv.env),
-                cwd="/",
-                # Its own process group: a timeout or a newer event stops the hook's children
-                # too, and a shell script's `sleep` cannot keep running with our pipe.
-                start_new_session=True,
-            )
+            # Started off the loop (fork + exec take milliseconds), in its own session: a
+            # timeout or a newer event stops the hook's children too, and a shell script's
+            # `sleep` cannot keep running with our pipe.
+            child = await spawn(inv.argv, env=inv.env, cwd="/", output=output.feed)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             self.log.error("hook_failed", **fields, error=str(exc))
             return
-        except asyncio.CancelledError:  # asyncio reaps a child it had started by then
+        except asyncio.CancelledError:  # spawn() kills and reaps a child started by then
             self.log.info("hook_cancelled", **fields, reason="closing", started=False)
             raise
-        pid = transport.get_pid()
+        pid = child.pid
         self.log.info("hook_started", **fields, pid=pid, timeout=inv.timeout)
         try:
-            outcome = await self._wait(capture, inv.timeout, stop)
+            outcome = await self._wait(child, inv.timeout, stop)
             killed = False
             if outcome != "finished":
-                killed = await self._terminate(transport, capture)
-            await _settled(capture.closed, OUTPUT_DRAIN)
+                killed = await self._terminate(child)
+            await _settled(child.closed, OUTPUT_DRAIN)
         except asyncio.CancelledError:
             # close() gave up waiting: kill at once, reap briefly, and let the cancel through.
-            self._signal(transport, signal.SIGKILL)
-            await _settled(capture.exited, REAP_WAIT)
-            transport.close()
+            child.signal_group(signal.SIGKILL)
+            await _settled(child.exited, REAP_WAIT)
+            child.close()
             self.log.info(
                 "hook_cancelled", **fields, pid=pid, reason="closing", started=True, killed=True
             )
             raise
-        transport.close()
+        child.close()
+        status = child.returncode
         result: dict[str, Any] = {
             **fields,
             "pid": pid,
             "duration": round(loop.time() - started, 3),
-            "exit_status": transport.get_returncode(),
-            "output": capture.output.text(),
+            "exit_status": status,
+            "output": output.text(),
         }
-        status = transport.get_returncode()
         if status is not None and status < 0:
             with contextlib.suppress(ValueError):
                 result["signal"] = signal.Signals(-status).name
-        if capture.output.truncated:
+        if output.truncated:
             result["output_truncated"] = True
         if outcome == "finished":
             log = self.log.info if status == 0 else self.log.warning
@@ -439,34 +410,26 @@ class HookRunner:
                 "hook_cancelled", **result, reason=self._reason(), started=True, killed=killed
             )
 
-    async def _wait(self, capture: _Capture, timeout: float, stop: asyncio.Event) -> str:
+    async def _wait(self, child: Child, timeout: float, stop: asyncio.Event) -> str:
         """Wait for the hook's exit, its timeout or a stop; say which came first."""
         stopper = asyncio.ensure_future(stop.wait())
-        waiters: set[asyncio.Future[Any]] = {capture.exited, stopper}
+        waiters: set[asyncio.Future[Any]] = {child.exited, stopper}
         try:
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopper.cancel()
-        if capture.exited.done():
+        if child.exited.done():
             return "finished"
         return "cancelled" if stop.is_set() else "timeout"
 
-    async def _terminate(self, transport: asyncio.SubprocessTransport, capture: _Capture) -> bool:
+    async def _terminate(self, child: Child) -> bool:
         """SIGTERM the hook's group, SIGKILL after the grace; True if SIGKILL was needed."""
-        self._signal(transport, signal.SIGTERM)
-        if await _settled(capture.exited, self.grace):
+        child.signal_group(signal.SIGTERM)
+        if await _settled(child.exited, self.grace):
             return False
-        self._signal(transport, signal.SIGKILL)
-        await _settled(capture.exited, REAP_WAIT)
+        child.signal_group(signal.SIGKILL)
+        await _settled(child.exited, REAP_WAIT)
         return True
-
-    @staticmethod
-    def _signal(transport: asyncio.SubprocessTransport, sig: signal.Signals) -> None:
-        # Only while the leader is not reaped: until then its pid is surely still our group's.
-        if transport.get_returncode() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(transport.get_pid(), sig)
 
     @staticmethod
     def _fields(plan: Plan, inv: Invocation) -> dict[str, Any]:

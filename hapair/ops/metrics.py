@@ -55,6 +55,8 @@ MAX_PEER_LABELS: Final = 4
 OVERFLOW_LABEL: Final = "_other"
 #: Probe round trips: loopback connects take well under a millisecond, timeouts reach seconds.
 PROBE_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+#: Loop lateness: well under a millisecond when nothing blocks; a heartbeat interval is 20 ms+.
+LATENESS_BUCKETS: Final = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 #: Seconds a client may stall on a socket operation before its connection is dropped.
 CLIENT_TIMEOUT: Final = 2.0
 #: Requests served at once (a thread each); more are refused so stalled clients cannot pile up.
@@ -185,6 +187,12 @@ class Metrics:
             buckets=PROBE_BUCKETS,
             registry=r,
         )
+        self._lateness = Histogram(
+            "hapair_loop_lateness_seconds",
+            "How late the heartbeat loop woke for its deadlines",
+            buckets=LATENESS_BUCKETS,
+            registry=r,
+        )
         r.register(_LiveCollector(self._snapshot))
 
     @property
@@ -276,6 +284,10 @@ class Metrics:
     def watch_drops(self, source: Callable[[], Mapping[str, int]]) -> None:
         """Read the kernel's per-link drop counts from ``source`` at each scrape."""
         self._drops = source
+
+    def loop_lateness(self, seconds: float) -> None:
+        """The loop woke ``seconds`` after a deadline."""
+        self._lateness.observe(seconds)
 
     def _snapshot(self) -> _Snapshot:
         now = self._clock.now()

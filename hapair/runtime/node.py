@@ -50,9 +50,10 @@ from hapair.net.watch import (
 )
 from hapair.ops.hooks import HookRunner
 from hapair.runtime.balancing import BalancerDriver
-from hapair.runtime.clock import Clock
+from hapair.runtime.clock import Clock, CpuWait
 from hapair.runtime.conflicts import ConflictResponder
 from hapair.runtime.heartbeats import Heartbeats, LinkCopy, Outgoing
+from hapair.runtime.lateness import DEFAULT_THRESHOLD, LatenessMeter
 from hapair.runtime.ops_notify import OpsNotifier
 from hapair.runtime.state import PersistentState, StateWriter, WriteResult
 from hapair.runtime.status import build_status
@@ -65,6 +66,11 @@ from hapair.runtime.wiring import (
     vips_of,
 )
 from hapair.wire.heartbeat import cluster_id
+
+
+def late_threshold(cfg: Config) -> float:
+    """A wake this late is logged (once) and counted: 10 ms, or half an interval if shorter."""
+    return min(DEFAULT_THRESHOLD, cfg.cluster.interval / 2)
 
 
 class Node:
@@ -114,6 +120,7 @@ class Node:
                 wake=self._wake.set,
                 tasks=self._probe_tasks,
                 metrics=io.metrics,
+                on_started=self._balancer_started,
             )
             if io.balancer is not None
             else None
@@ -129,6 +136,9 @@ class Node:
         # The kernel filter follows our challenge: () = not yet strict, filter on address only.
         self.heartbeats.on_tokens = lambda tokens: io.transport.set_tokens(tokens or None)
         self._macs: dict[str, bytes] = {}
+        #: A takeover's GARP burst held until the cold balancer serves (its start is off-loop).
+        self._held_announce: Announce | None = None
+        self.lateness = LatenessMeter(cfg.cluster.interval, now, late_threshold(cfg))
         self.done = False
 
     # -- entry points from signals and the control socket ---------------------------------
@@ -160,6 +170,8 @@ class Node:
         if not cfg.cluster.peers_auto:  # with "auto", discovery keeps the peer up to date
             self.io.transport.set_peers(cfg.cluster.peer_addresses)
         self.holder.schedule.timers = announce_timers(cfg)
+        self.lateness.interval = cfg.cluster.interval
+        self.lateness.threshold = late_threshold(cfg)
         if cfg.track != old.track:
             self.checks = build_checks(cfg.track, now)
             self._initial_fitness()
@@ -212,24 +224,49 @@ class Node:
         for w in self.io.arp.values():
             loop.add_reader(w.fileno(), self._ready, "arp")
             fds.append(w.fileno())
+        cpu = CpuWait()  # opened on the loop's thread: it reads this thread's schedstat
         try:
             self._initial_fitness()
+            woke, waited = self.clock.now(), cpu.now()
             while not self.done:
-                timeout = max(0.0, self._next_deadline() - self.clock.now())
+                deadline = self._next_deadline()
                 if not self._wake.is_set():
+                    timeout = max(0.0, deadline - self.clock.now())
                     # call_later + Event is much cheaper than wait_for (no task per wake-up).
                     timer = loop.call_later(timeout, self._wake.set)
                     await self._wake.wait()
                     timer.cancel()
                 self._wake.clear()
+                # A deadline that passed while the last step ran was due when that step began:
+                # a step (or a callback) that blocks shows up as lateness too.
+                expected, woke = max(deadline, woke), self.clock.now()
+                if woke >= expected:  # due (an early I/O wake is not late): read the CPU wait
+                    before, waited = waited, cpu.now()
+                    self._measure(expected, woke, waited - before)
                 self.step()
         finally:
             for fd in fds:
                 loop.remove_reader(fd)
+            cpu.close()
             for task in self._probe_tasks:
                 task.cancel()
+            if self.balancing is not None:
+                await self.balancing.close()  # the daemon then stops the balancer itself
             # The last role change's hook gets a moment (the VIPs are released already).
             await self.hooks.close(wait=0.5)
+
+    def _measure(self, expected: float, actual: float, waited: float) -> None:
+        """Feed the lateness meter with a wake that was due; ``waited``: the loop thread's
+        time in the CPU run queue since the last due wake."""
+        late = self.lateness.observe_at(expected, actual, waited)
+        if self.io.metrics is not None:
+            self.io.metrics.loop_lateness(actual - expected)
+        if late is not None:
+            self.log.warning(
+                "loop_late", lateness=round(late.lateness, 4), blocked=round(late.blocked, 4),
+                threshold=self.lateness.threshold,
+                note="logged once; then counted (hapair status: loop.late_wakes)",
+            )  # fmt: skip
 
     def _next_deadline(self) -> float:
         deadlines = [self.election.next_deadline()]
@@ -426,6 +463,13 @@ class Node:
         self.log.error("balancer_failed", error=str(exc))
         self._handle(FitnessChanged(0, True, "balancer_failed"))
 
+    def _balancer_started(self, ok: bool) -> None:
+        """The cold balancer's start finished: announce the VIP now (a failure already put
+        the node in FAULT, which released it)."""
+        held, self._held_announce = self._held_announce, None
+        if ok and held is not None and self.election.role is Role.MASTER:
+            self.holder.announce(held.reason, second_burst=held.reason == "takeover")
+
     async def _probe(self, check: Check) -> None:
         ok = await run_probe(check.argv, check.track.timeout)
         check.running = False
@@ -452,7 +496,10 @@ class Node:
             elif isinstance(action, ReleaseVips):
                 self.holder.release(action.reason)
             elif isinstance(action, Announce):
-                self.holder.announce(action.reason, second_burst=action.reason == "takeover")
+                if self.balancing is not None and self.balancing.starting:
+                    self._held_announce = action  # announced once the balancer serves
+                else:
+                    self.holder.announce(action.reason, second_burst=action.reason == "takeover")
             elif isinstance(action, SendHeartbeat):
                 self._send_heartbeat(action.resigning)
             elif isinstance(action, PeerLost):
@@ -476,6 +523,7 @@ class Node:
         self.ops.role_changed(action, e.effective_priority, self._peer_names(), self.clock.now())
         if action.to_role is not Role.MASTER:
             self.holder.schedule.stop()
+            self._held_announce = None
         if self.balancing is not None and action.to_role is not Role.MASTER:
             self.balancing.stop_cold()
 
@@ -511,6 +559,7 @@ class Node:
             status["balancer"] = self.io.balancer.status()
         status["transitions"] = self.ops.transitions_at(self.clock.now())
         status["state_save_failures"] = self.writer.failures
+        status["loop"] = self.lateness.snapshot_at(self.clock.now())
         return status
 
     def shutdown(self) -> None:

@@ -433,3 +433,11 @@ def test_remove_from_a_fresh_instance_is_idempotent(tmp_path: Path) -> None:
     assert not run_dir.exists()
     assert plane.remove() is False
     assert plane.supervise(0.0) is None
+
+
+def test_children_prefers_the_kernels_list_of_each_task(tmp_path: Path) -> None:
+    for tid, kids in ((10, "11 12 "), (13, "14\n")):
+        task = tmp_path / "10" / "task" / str(tid)
+        task.mkdir(parents=True)
+        (task / "children").write_text(kids)
+    assert children(10, tmp_path) == {11, 12, 14}

@@ -208,3 +208,11 @@ def test_a_failing_drop_source_does_not_fail_the_scrape(m: Metrics) -> None:
     m.watch_drops(closed)
     assert value(m, "hapair_role", role="INIT") == 1.0
     assert value(m, "hapair_heartbeat_dropped_total", link="10.0.0.12") is None
+
+
+def test_loop_lateness_is_a_histogram(m: Metrics) -> None:
+    m.loop_lateness(0.0002)
+    m.loop_lateness(0.003)
+    assert value(m, "hapair_loop_lateness_seconds_bucket", le="0.0005") == 1.0
+    assert value(m, "hapair_loop_lateness_seconds_bucket", le="0.005") == 2.0
+    assert value(m, "hapair_loop_lateness_seconds_count") == 2.0
