@@ -1,0 +1,198 @@
+"""Idle benchmark: the MASTER's CPU and memory while nothing happens, hapair beside keepalived.
+
+Runs the real pair in the namespace lab at the same timers for both (default 20 ms, dead after
+3), waits until one node is the stable MASTER and the start-up has settled, then samples the
+MASTER's daemon (and, for reference, the BACKUP's) from /proc for ``--seconds``:
+
+- CPU: utime + stime of every thread (``/proc/PID/stat``) over the window, in % of one core;
+- RSS: ``VmRSS`` (``/proc/PID/status``) at the end of the window;
+- PSS: ``Pss`` from ``/proc/PID/smaps_rollup`` (shared library pages split between the
+  processes that map them: the fairer figure for keepalived's two processes).
+
+keepalived's figures are the sums over its processes (the parent and the VRRP child). Each run
+starts both daemons afresh; the table shows the median of ``--runs`` runs (min and max beside).
+
+    sudo .venv/bin/python bench/idle.py [--runs 3] [--seconds 20] [--interval 0.02] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Final
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hapair.lab.drill import wait_stable_master
+from hapair.lab.keepalived import KeepalivedPair, keepalived_path
+from hapair.lab.nodes import PEER, Pair, Timers
+from hapair.lab.shell import LabError
+from hapair.lab.testbed import NetnsBed
+from hapair.lab.topology import NODES, Lab
+
+CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+#: Seconds to wait after the MASTER is stable before sampling: start-up work (state file, GARP
+#: repeats, first status) must not count as idle.
+SETTLE: Final = 3.0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One daemon's idle footprint over one window (summed over its processes)."""
+
+    cpu_percent: float
+    rss_mb: float
+    pss_mb: float
+    seconds: float
+
+
+def cpu_ticks(pid: int) -> int:
+    """Return utime + stime of `pid` (all its threads), in clock ticks."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15; after the ")" they are at index 11 and 12.
+    return int(fields[11]) + int(fields[12])
+
+
+def _kib_field(path: str, name: str) -> int:
+    with open(path, encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def rss_kib(pid: int) -> int:
+    """Return VmRSS of `pid` in KiB."""
+    return _kib_field(f"/proc/{pid}/status", "VmRSS")
+
+
+def pss_kib(pid: int) -> int:
+    """Return the proportional set size of `pid` in KiB."""
+    return _kib_field(f"/proc/{pid}/smaps_rollup", "Pss")
+
+
+def _sample_pair(pair: Pair, master: str, seconds: float) -> tuple[Sample, Sample]:
+    """Sample the MASTER and the BACKUP over the same window (one sleep, both read)."""
+    backup = PEER[master]
+    pm, pb = pair.pids(master), pair.pids(backup)
+    if not pm or not pb:
+        raise LabError(f"{pair.label}: a daemon is not running")
+    ticks0 = {p: cpu_ticks(p) for p in pm + pb}
+    start = time.monotonic()
+    time.sleep(seconds)
+    ticks1 = {p: cpu_ticks(p) for p in pm + pb}
+    elapsed = time.monotonic() - start
+
+    def one(pids: list[int]) -> Sample:
+        ticks = sum(ticks1[p] - ticks0[p] for p in pids)
+        return Sample(
+            cpu_percent=100.0 * ticks / CLK_TCK / elapsed,
+            rss_mb=sum(rss_kib(p) for p in pids) / 1024,
+            pss_mb=sum(pss_kib(p) for p in pids) / 1024,
+            seconds=elapsed,
+        )
+
+    return one(pm), one(pb)
+
+
+def run_impl(
+    impl: str, timers: Timers, runs: int, seconds: float, prefix: str
+) -> list[dict[str, object]]:
+    """Build one lab; per run start both daemons, sample the idle MASTER, stop them."""
+    results: list[dict[str, object]] = []
+    with Lab(prefix, timers=timers) as lab:
+        pair: Pair
+        if impl == "keepalived":
+            kp = KeepalivedPair(lab, timers)
+            kp.write_configs()
+            kp.check_config("a")
+            pair = kp
+        else:
+            pair = lab.hapair
+        bed = NetnsBed(lab, pair)
+        for i in range(runs):
+            for node in NODES:
+                pair.start(node)
+            master = wait_stable_master(bed, pair, timeout=30.0, settle=1.0)
+            time.sleep(SETTLE)
+            m, b = _sample_pair(pair, master, seconds)
+            if pair.role(master) != "MASTER":
+                print(f"  {impl} run {i + 1}: role changed while sampling", file=sys.stderr)
+            results.append({"master": asdict(m), "backup": asdict(b)})
+            print(
+                f"  {impl:10} run {i + 1}: MASTER {master} CPU {m.cpu_percent:5.2f}% "
+                f"RSS {m.rss_mb:5.1f} MiB PSS {m.pss_mb:5.1f} MiB | BACKUP CPU "
+                f"{b.cpu_percent:5.2f}% RSS {b.rss_mb:5.1f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
+            for node in NODES:
+                pair.terminate(node)
+            lab.remove_vips("a")
+            lab.remove_vips("b")
+    return results
+
+
+def _stat(results: list[dict[str, object]], role: str, key: str) -> tuple[float, float, float]:
+    values = [float(r[role][key]) for r in results]  # type: ignore[index]
+    return min(values), statistics.median(values), max(values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print the comparison."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--interval", type=float, default=0.02)
+    parser.add_argument("--dead-after", type=int, default=3)
+    parser.add_argument("--prefix", default="pfidle")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--no-keepalived", action="store_true")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/idle.py needs root (network namespaces)", file=sys.stderr)
+        return 2
+    if args.runs < 1 or args.seconds <= 0:
+        parser.error("--runs must be >= 1 and --seconds > 0")
+    timers = Timers(interval=args.interval, dead_after=args.dead_after)
+    impls = ["hapair"]
+    if not args.no_keepalived:
+        if keepalived_path() is None:
+            print("keepalived not installed: hapair only", file=sys.stderr)
+        else:
+            impls.append("keepalived")
+    report = {impl: run_impl(impl, timers, args.runs, args.seconds, args.prefix) for impl in impls}
+    if args.json:
+        print(json.dumps({"interval": args.interval, "dead_after": args.dead_after, **report}))
+        return 0
+    print(
+        f"\n== idle: interval {args.interval * 1000:g} ms, dead_after {args.dead_after}; "
+        f"{args.runs} runs of {args.seconds:g} s; median (min-max)"
+    )
+    print(f"{'':18}" + "".join(f"{impl:>24}" for impl in impls))
+    for role in ("master", "backup"):
+        for key, label, unit in (
+            ("cpu_percent", "CPU", "%"),
+            ("rss_mb", "RSS", "MiB"),
+            ("pss_mb", "PSS", "MiB"),
+        ):
+            row = f"{role.upper():7} {label} {unit:4}  "
+            for impl in impls:
+                lo, med, hi = _stat(report[impl], role, key)
+                row += f"{f'{med:.2f} ({lo:.2f}-{hi:.2f})':>24}"
+            print(row)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
