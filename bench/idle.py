@@ -7,7 +7,9 @@ MASTER's daemon (and, for reference, the BACKUP's) from /proc for ``--seconds``:
 - CPU: utime + stime of every thread (``/proc/PID/stat``) over the window, in % of one core;
 - RSS: ``VmRSS`` (``/proc/PID/status``) at the end of the window;
 - PSS: ``Pss`` from ``/proc/PID/smaps_rollup`` (shared library pages split between the
-  processes that map them: the fairer figure for keepalived's two processes).
+  processes that map them: the fairer figure for keepalived's two processes);
+- wake-ups: voluntary context switches of the main thread per second (each one a sleep
+  ended by a timer or a datagram: the idle cost scales with them).
 
 keepalived's figures are the sums over its processes (the parent and the VRRP child). Each run
 starts both daemons afresh; the table shows the median of ``--runs`` runs (min and max beside).
@@ -48,6 +50,7 @@ class Sample:
     """One daemon's idle footprint over one window (summed over its processes)."""
 
     cpu_percent: float
+    wakes_per_s: float
     rss_mb: float
     pss_mb: float
     seconds: float
@@ -61,7 +64,7 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def _kib_field(path: str, name: str) -> int:
+def _status_field(path: str, name: str) -> int:
     with open(path, encoding="ascii") as fh:
         for line in fh:
             if line.startswith(name + ":"):
@@ -69,14 +72,19 @@ def _kib_field(path: str, name: str) -> int:
     return 0
 
 
+def wakes(pid: int) -> int:
+    """Return how often `pid`'s main thread has slept and been woken (voluntary switches)."""
+    return _status_field(f"/proc/{pid}/status", "voluntary_ctxt_switches")
+
+
 def rss_kib(pid: int) -> int:
     """Return VmRSS of `pid` in KiB."""
-    return _kib_field(f"/proc/{pid}/status", "VmRSS")
+    return _status_field(f"/proc/{pid}/status", "VmRSS")
 
 
 def pss_kib(pid: int) -> int:
     """Return the proportional set size of `pid` in KiB."""
-    return _kib_field(f"/proc/{pid}/smaps_rollup", "Pss")
+    return _status_field(f"/proc/{pid}/smaps_rollup", "Pss")
 
 
 def _sample_pair(pair: Pair, master: str, seconds: float) -> tuple[Sample, Sample]:
@@ -86,15 +94,18 @@ def _sample_pair(pair: Pair, master: str, seconds: float) -> tuple[Sample, Sampl
     if not pm or not pb:
         raise LabError(f"{pair.label}: a daemon is not running")
     ticks0 = {p: cpu_ticks(p) for p in pm + pb}
+    wakes0 = {p: wakes(p) for p in pm + pb}
     start = time.monotonic()
     time.sleep(seconds)
     ticks1 = {p: cpu_ticks(p) for p in pm + pb}
+    wakes1 = {p: wakes(p) for p in pm + pb}
     elapsed = time.monotonic() - start
 
     def one(pids: list[int]) -> Sample:
         ticks = sum(ticks1[p] - ticks0[p] for p in pids)
         return Sample(
             cpu_percent=100.0 * ticks / CLK_TCK / elapsed,
+            wakes_per_s=sum(wakes1[p] - wakes0[p] for p in pids) / elapsed,
             rss_mb=sum(rss_kib(p) for p in pids) / 1024,
             pss_mb=sum(pss_kib(p) for p in pids) / 1024,
             seconds=elapsed,
@@ -183,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for role in ("master", "backup"):
         for key, label, unit in (
             ("cpu_percent", "CPU", "%"),
+            ("wakes_per_s", "wake", "/s"),
             ("rss_mb", "RSS", "MiB"),
             ("pss_mb", "PSS", "MiB"),
         ):
