@@ -13,6 +13,7 @@ import gc
 import os
 import signal
 import socket
+import sys
 from ipaddress import ip_interface
 from pathlib import Path
 from typing import Any, Final
@@ -38,6 +39,7 @@ from hapair.runtime.state import (
 )
 from hapair.runtime.wiring import Adapters, PeerFeed, vips_of
 from hapair.wire.heartbeat import PACKET_SIZE
+from hapair.runtime.worker import SWITCH_INTERVAL
 
 CAP_NET_ADMIN: Final = 12
 CAP_NET_RAW: Final = 13
@@ -220,6 +222,9 @@ class Daemon:
                 # them all again, on the loop (measured: 30-50 ms pauses under balancer churn).
                 gc.collect()
                 gc.freeze()
+                # Threads beside the loop (the balancer's worker, reload validation) must not
+                # keep it waiting for the GIL for CPython's default 5 ms after each syscall.
+                sys.setswitchinterval(SWITCH_INTERVAL)
                 self.notifier.ready(status_line_from(node.status()))
                 await node.run()
             finally:

@@ -16,9 +16,11 @@ import pytest
 from hapair.lab.nodes import PEER
 from hapair.lab.topology import Lab
 
-#: The bound, in seconds (the blocking calls moved off the loop took 30 to 300 ms);
+#: The bound, in seconds (the blocking calls moved off the loop took 30 to 300 ms). What is
+#: left is CPython holding the GIL through vfork until a child's exec (nginx -t from the
+#: balancer's worker): 13 ms once under load in the kinds test, so 10 ms would fail at random.
 #: HAPAIR_LATENESS_BOUND_MS overrides it.
-LATENESS_BOUND: Final = float(os.environ.get("HAPAIR_LATENESS_BOUND_MS", "10")) / 1000
+LATENESS_BOUND: Final = float(os.environ.get("HAPAIR_LATENESS_BOUND_MS", "20")) / 1000
 
 _problems: list[str] = []
 
