@@ -12,7 +12,7 @@ Invariants (``tol`` is the stated tolerance, ``dead`` the dead time):
 - two_holders: never two VIP holders, except while a disruptive fault is active and for one
   interval + tol after it heals (spans under OVERLAP_SLACK are measurement noise);
 - client: after a fault heals, every client outage ends within dead + 50 ms of the later of the
-  heal and the outage's own start;
+  heal and the outage's own start (an answer slower than dead + 50 ms counts as lost);
 - crash: no unexpected daemon exit and no traceback in a daemon log;
 - vip_non_master: no node holds the VIP without being MASTER for longer than tol.
 """
@@ -166,6 +166,18 @@ def tracebacks(node: str, text: str) -> list[CrashObs]:
     return found
 
 
+def on_time(samples: Sequence[Sample], late: float) -> list[Sample]:
+    """Return `samples` with every answer slower than `late` seconds counted as lost.
+
+    The probe waits up to a second for an answer; a frozen master's service answers its queued
+    probes when it thaws, which would hide the whole pause from the client's figures.
+    """
+    return [
+        s if s.answered is None or s.answered - s.sent <= late else Sample(s.seq, s.sent)
+        for s in samples
+    ]
+
+
 def segments(
     roles: Sequence[RoleObs],
     vips: Sequence[VipObs],
@@ -252,7 +264,8 @@ def check(
         (f, f.heal, ordered[i + 1].start if i + 1 < len(ordered) else end)
         for i, f in enumerate(ordered)
     ]
-    gone = [o for seg in probes for o in outages(seg)]
+    late = bounds.dead_time + CLIENT_SLACK
+    gone = [o for seg in probes for o in outages(on_time(seg, late))]
     for f, heal, until in windows:
         verdict.outcomes.append(_outcome(f, heal, until, segs, gone, bounds, verdict))
     _two_holders(segs, ordered, bounds, verdict)

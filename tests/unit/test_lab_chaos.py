@@ -18,6 +18,7 @@ from hapair.lab.chaoscheck import (
     Verdict,
     VipObs,
     check,
+    on_time,
     roles_from_events,
     tracebacks,
 )
@@ -180,6 +181,11 @@ def test_client_answered_again_in_time_after_the_heal() -> None:
 def test_an_outage_starting_after_the_heal_is_timed_from_its_start() -> None:
     assert broken(run(lost=[(15.0, 15.15)])) == []
     assert broken(run(lost=[(15.0, 15.4)])) == ["client"]
+
+
+def test_a_late_answer_counts_as_lost() -> None:
+    samples = [Sample(0, 0.0, 0.001, "a"), Sample(1, 0.01, 0.9, "a"), Sample(2, 0.02, 0.021, "a")]
+    assert on_time(samples, 0.2) == [samples[0], Sample(1, 0.01), samples[2]]
 
 
 def test_a_crash_is_a_violation_and_tracebacks_are_found_in_logs() -> None:
