@@ -77,7 +77,8 @@ class CrashObs:
 
 @dataclass(frozen=True)
 class FaultWindow:
-    """A fault as executed: wall-clock start and heal; `out` are (node, from, to) windows."""
+    """A fault as executed, wall-clock: `heal` is when its heal began, `healed` when it was done
+    (a daemon start takes about a second); `out` are (node, from, to) windows."""
 
     index: int
     kind: str
@@ -85,6 +86,12 @@ class FaultWindow:
     heal: float
     disruptive: bool
     out: tuple[tuple[str, float, float], ...] = ()
+    healed: float | None = None
+
+    @property
+    def done(self) -> float:
+        """Return when the heal was complete."""
+        return self.heal if self.healed is None else self.healed
 
 
 @dataclass(frozen=True)
@@ -100,13 +107,16 @@ class Violation:
 
 @dataclass
 class Outcome:
-    """What one fault cost: time to one master after the heal, the client's outages."""
+    """What one fault cost, from its start to the next fault: time from the heal to one MASTER,
+    the client's longest outage (and counted from the heal), time with two MASTERs, and time
+    with the VIP on both nodes whether they counted or not (a killed node's stale VIP)."""
 
     index: int
     to_one_master: float | None = None
     client_outage: float = 0.0
     client_after_heal: float = 0.0
     dual_master: float = 0.0
+    both_vip: float = 0.0
 
 
 @dataclass
@@ -260,6 +270,7 @@ def check(
     verdict = Verdict()
     ordered = sorted(faults, key=lambda f: f.start)
     segs = segments(roles, vips, ordered, start, end)
+    raw = segments(roles, vips, (), start, end)
     windows = [
         (f, f.heal, ordered[i + 1].start if i + 1 < len(ordered) else end)
         for i, f in enumerate(ordered)
@@ -267,7 +278,11 @@ def check(
     late = bounds.dead_time + CLIENT_SLACK
     gone = [o for seg in probes for o in outages(on_time(seg, late))]
     for f, heal, until in windows:
-        verdict.outcomes.append(_outcome(f, heal, until, segs, gone, bounds, verdict))
+        outcome = _outcome(f, heal, until, segs, gone, bounds, verdict)
+        outcome.both_vip = sum(
+            s.t1 - s.t0 for s in _clip(raw, f.start, until) if len(s.holders) > 1
+        )
+        verdict.outcomes.append(outcome)
     _two_holders(segs, ordered, bounds, verdict)
     _vip_non_master(segs, ordered, bounds, verdict)
     for c in sorted(crashes, key=lambda c: c.ts):
@@ -331,7 +346,7 @@ def _two_holders(
     segs: Sequence[Segment], faults: Sequence[FaultWindow], bounds: Bounds, verdict: Verdict
 ) -> None:
     grace = bounds.interval + bounds.tolerance
-    exempt = [(f.start, f.heal + grace) for f in faults if f.disruptive]
+    exempt = [(f.start, f.done + grace) for f in faults if f.disruptive]
 
     def bad(s: Segment) -> bool:
         return len(s.holders) > 1 and not any(a <= s.t0 < b for a, b in exempt)

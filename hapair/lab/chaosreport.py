@@ -60,7 +60,9 @@ def to_json(r: ChaosResult, replay: str) -> dict[str, object]:
                 "to_one_master_ms": None if o.to_one_master is None else _round(o.to_one_master),
                 "client_outage_ms": _round(o.client_outage),
                 "client_after_heal_ms": _round(o.client_after_heal),
+                "healed": round(ex.healed - r.t0, 3),
                 "dual_master_ms": _round(o.dual_master),
+                "both_vip_ms": _round(o.both_vip),
                 "notes": ex.notes,
             }
         )
@@ -107,7 +109,7 @@ def format_report(r: ChaosResult, replay: str) -> str:
     lines = [head, f"replay: {replay}", ""]
     lines.append(
         f"{'#':>3}  {'fault':<28} {'start s':>8} {'end s':>8} {'1 master':>9} "
-        f"{'outage':>7} {'after heal':>10} {'dual':>6}  violations"
+        f"{'outage':>7} {'after heal':>10} {'dual':>6} {'2 VIPs':>6}  violations"
     )
     outcomes = {o.index: o for o in r.verdict.outcomes}
     per_fault = Counter(v.fault for v in r.verdict.violations)
@@ -120,15 +122,15 @@ def format_report(r: ChaosResult, replay: str) -> str:
             row = (
                 f"{f.index:>3}  {f.label:<28} {ex.start - r.t0:8.2f} {ex.heal - r.t0:8.2f} "
                 f"{_ms(o.to_one_master):>9} {_ms(o.client_outage):>7} "
-                f"{_ms(o.client_after_heal):>10} {_ms(o.dual_master):>6}  "
+                f"{_ms(o.client_after_heal):>10} {_ms(o.dual_master):>6} {_ms(o.both_vip):>6}  "
                 f"{per_fault.get(f.index, 0) or '-'}"
             )
         lines.append(row)
         lines += [f"{'':5}note: {n}" for n in ex.notes]
     lines.append(
-        "  (ms: 1 master = heal to exactly one MASTER; outage = the client's longest loss from the"
-        " fault to the next; after heal = its longest loss counted from the heal; dual = both"
-        " MASTER)"
+        "  (end: the heal began; ms from the fault to the next one: 1 master = from the heal to"
+        " exactly one MASTER; outage = the client's longest loss; after heal = the same counted"
+        " from the heal; dual = both MASTER; 2 VIPs = the VIP on both nodes, counted or not)"
     )
     ran = Counter(ex.fault.kind for ex in r.executed if not ex.skipped)
     skipped = Counter(ex.fault.kind for ex in r.executed if ex.skipped)

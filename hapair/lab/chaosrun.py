@@ -52,7 +52,13 @@ PROBE_ROTATE: Final = 100.0
 FLAP_PERIOD: Final = 0.5
 FLOOD_TOOL: Final = "hapair.lab.flood"
 HB_PORT: Final = 694
-BALANCERS: Final = ("nat", "none")
+# --balancer NAME: (kind, kind-specific [balancer] lines).
+BALANCER_TABLES: Final = {
+    "nat": ("nat", "masquerade = true\n"),
+    "nginx": ("proxy", '[balancer.proxy]\nengine = "nginx"\n'),
+    "haproxy": ("proxy", '[balancer.proxy]\nengine = "haproxy"\n'),
+}
+BALANCERS: Final = (*BALANCER_TABLES, "none")
 
 
 @dataclass
@@ -62,6 +68,7 @@ class Executed:
     fault: Fault
     start: float = 0.0
     heal: float = 0.0
+    healed: float = 0.0
     skipped: bool = False
     notes: list[str] = field(default_factory=list)
     out: list[tuple[str, float, float]] = field(default_factory=list)
@@ -90,20 +97,25 @@ class ChaosResult:
         return not self.verdict.violations
 
 
-def balancer_toml() -> str:
-    """The nat balancer both nodes run in a chaos drill: VIP:8080 to r1:80 and r2:80."""
+def balancer_toml(kind: str) -> str:
+    """The balancer both nodes run in a chaos drill: VIP:8080 to r1:80 and r2:80."""
     from hapair.lab.topology import VIP4
 
-    head = f'\n[balancer]\nkind = "nat"\nscheduler = "rr"\nlisten = "{VIP4}:8080"\n'
-    return head + "masquerade = true\n" + checked_pool(0.2, 2)
+    table = BALANCER_TABLES[kind]
+    head = f'\n[balancer]\nkind = "{table[0]}"\nscheduler = "rr"\nlisten = "{VIP4}:8080"\n'
+    return head + table[1] + checked_pool(0.2, 2)
 
 
-def add_balancer(lab: Lab) -> None:
-    """Give both nodes the nat balancer (forwarding on: nat routes the client's packets)."""
+def add_balancer(lab: Lab, kind: str) -> None:
+    """Give both nodes the balancer `kind` (nat: forwarding on; engines: non-local binds)."""
     for node in PEER:
-        lab.exec(node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        if kind == "nat":
+            lab.exec(node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        else:
+            # Hot engines bind the VIP before this node holds it.
+            lab.exec(node, ["sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1"])
         cfg = lab.hapair.config_path(node)
-        cfg.write_text(cfg.read_text(encoding="utf-8") + balancer_toml(), encoding="utf-8")
+        cfg.write_text(cfg.read_text(encoding="utf-8") + balancer_toml(kind), encoding="utf-8")
 
 
 class VipMonitor:
@@ -229,15 +241,16 @@ class ChaosRunner:
             heal = None
         if heal is None:
             ex.skipped = True
-            ex.heal = time.time()
+            ex.heal = ex.healed = time.time()
             return ex
         self._watch(ex.start + fault.duration)
+        ex.heal = time.time()
         try:
             heal()
         except LabError as exc:
             ex.notes.append(f"heal failed: {exc}")
-        ex.heal = time.time()
-        ex.out = [(n, a, ex.heal if b == 0.0 else b) for n, a, b in ex.out]
+        ex.healed = time.time()
+        ex.out = [(n, a, ex.healed if b == 0.0 else b) for n, a, b in ex.out]
         return ex
 
     def _watch(self, until: float) -> None:
@@ -296,6 +309,7 @@ class ChaosRunner:
                 ex.heal,
                 ex.fault.kind in DISRUPTIVE,
                 tuple(ex.out),
+                ex.healed,
             )
             for ex in executed
             if not ex.skipped

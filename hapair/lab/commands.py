@@ -202,8 +202,8 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     lab.trap_signals()
     try:
         lab.up()
-        if args.balancer == "nat":
-            add_balancer(lab)
+        if args.balancer != "none":
+            add_balancer(lab, args.balancer)
         for node in ("a", "b"):
             lab.hapair.start(node)
         print(
@@ -254,7 +254,10 @@ def chaos_args(p: argparse.ArgumentParser) -> None:
         "--tolerance", default="50ms", help="slack on the timed invariants (default 50ms)"
     )
     p.add_argument(
-        "--balancer", choices=BALANCERS, default="nat", help="balancer on both nodes (nat)"
+        "--balancer",
+        choices=BALANCERS,
+        default="nat",
+        help="balancer on both nodes: nat, proxy on nginx or on haproxy, or none (nat)",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
@@ -403,10 +406,10 @@ def register_chaos(sub: Any) -> None:
         help="random faults for N minutes; check the pair's invariants the whole time",
         formatter_class=_RAW,
         description=(
-            "Build a lab (prefix hpc), start hapair on a and b (with a nat balancer in front\n"
-            "of r1 and r2 unless --balancer none), wait for one stable master, start the\n"
-            "client probe (a UDP datagram to VIP:7 every 10 ms) and a VIP monitor in each\n"
-            "node, then play a schedule of faults drawn from --seed: a quiet gap, a fault\n"
+            "Build a lab (prefix hpc), start hapair on a and b with a --balancer in front of\n"
+            "r1 and r2, wait for one stable master, start the client probe (a UDP datagram\n"
+            "to VIP:7 every 10 ms) and a VIP monitor in each node, then play a schedule of\n"
+            "faults drawn from --seed: a quiet gap, a fault\n"
             "held for a while, its heal, the next gap. Faults never overlap. The same seed\n"
             "with the same --minutes, --interval, --dead-after and --faults replays the\n"
             "same schedule (the report prints the replay command); the times of the actions\n"

@@ -105,11 +105,12 @@ def run(
     crashes: Sequence[CrashObs] = (),
     kind: str = "partition",
     out: tuple[tuple[str, float, float], ...] = (),
+    healed: float | None = None,
 ) -> Verdict:
     """A pair (a MASTER with the VIP, b BACKUP) and one fault from 10 s to the heal at 12 s."""
     base_roles = [RoleObs(0.0, "a", "MASTER"), RoleObs(0.0, "b", "BACKUP")]
     base_vips = [VipObs(0.0, "a", True), VipObs(0.0, "b", False)]
-    fault = FaultWindow(0, kind, 10.0, HEAL, kind in DISRUPTIVE, out)
+    fault = FaultWindow(0, kind, 10.0, HEAL, kind in DISRUPTIVE, out, healed)
     return check(
         roles=[*base_roles, *roles],
         vips=[*base_vips, *vips],
@@ -164,6 +165,13 @@ def test_two_holders_longer_than_one_interval_after_the_heal() -> None:
     assert verdict.violations[0].at == pytest.approx(HEAL + 0.04)
 
 
+def test_the_grace_for_two_holders_counts_from_the_end_of_the_heal() -> None:
+    roles = [RoleObs(10.2, "b", "MASTER"), RoleObs(HEAL + 0.3, "b", "BACKUP")]
+    vips = [VipObs(10.2, "b", True), VipObs(HEAL + 0.3, "b", False)]
+    assert "two_holders" in broken(run(roles=roles, vips=vips))
+    assert "two_holders" not in broken(run(roles=roles, vips=vips, healed=HEAL + 0.25))
+
+
 def test_two_holders_during_a_flood_are_not_excused() -> None:
     vips = [VipObs(11.0, "b", True), VipObs(11.05, "b", False)]
     roles = [RoleObs(11.0, "b", "MASTER"), RoleObs(11.05, "b", "BACKUP")]
@@ -212,7 +220,10 @@ def test_a_node_that_is_out_does_not_count() -> None:
     # a is frozen 10..12 with its VIP; b takes over; neither counts as two holders.
     roles = [RoleObs(10.2, "b", "MASTER"), RoleObs(HEAL + 0.02, "b", "BACKUP")]
     vips = [VipObs(10.2, "b", True), VipObs(HEAL + 0.03, "b", False)]
-    assert broken(run(kind="pause", roles=roles, vips=vips, out=(("a", 10.0, HEAL),))) == []
+    verdict = run(kind="pause", roles=roles, vips=vips, out=(("a", 10.0, HEAL),))
+    assert broken(verdict) == []
+    # Still shown: the frozen node's VIP and the new master's were both configured.
+    assert verdict.outcomes[0].both_vip == pytest.approx(1.83)
     # Without the out window, a's VIP after a's own resign (logged, but no release) counts.
     roles_a = [RoleObs(10.0, "a", "BACKUP"), RoleObs(HEAL, "a", "MASTER")]
     assert broken(run(kind="pause", roles=roles_a)) == ["vip_non_master"]
