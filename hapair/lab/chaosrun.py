@@ -494,16 +494,29 @@ def _wipe(r: ChaosRunner, f: Fault, ex: Executed) -> Healer | None:
     rc = proc.popen.returncode if proc is not None else None
     if rc not in (0, None):
         r.crashes.append(CrashObs(time.time(), node, f"exit status {rc} after SIGTERM"))
-    state = r.lab.dir / node
-    removed = 0
-    for path in list(state.iterdir()) if state.is_dir() else []:
-        removed += 1
+    ex.notes.append("deleted " + ", ".join(wipe_state(r.pair.config_path(node))))
+    return lambda: r._start(node)
+
+
+def wipe_state(config: Path) -> list[str]:
+    """Delete a stopped node's state: its state file and what its state directories hold."""
+    from hapair.config.load import load_config
+
+    cfg = load_config(config, check_secret=False)
+    dirs = {cfg.runtime.state_dir, getattr(cfg.runtime, "lib_dir", cfg.runtime.state_dir)}
+    gone = []
+    for path in [
+        cfg.state_file_path,
+        *(p for d in sorted(dirs) if d.is_dir() for p in d.iterdir()),
+    ]:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
-        else:
+        elif path.exists() or path.is_symlink():
             path.unlink(missing_ok=True)
-    ex.notes.append(f"deleted {removed} entries of {state}")
-    return lambda: r._start(node)
+        else:
+            continue
+        gone.append(str(path))
+    return gone or ["nothing (no state there)"]
 
 
 INJECT: Final[dict[str, Callable[[ChaosRunner, Fault, Executed], Healer | None]]] = {

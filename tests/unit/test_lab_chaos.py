@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -22,8 +23,10 @@ from hapair.lab.chaoscheck import (
     roles_from_events,
     tracebacks,
 )
+from hapair.lab.chaosrun import wipe_state
 from hapair.lab.events import Event
 from hapair.lab.probe import Sample
+from hapair.lab.topology import Lab
 
 BOUNDS = Bounds(interval=0.05, dead_time=0.15, tolerance=0.05)
 START, END = 0.0, 20.0
@@ -242,3 +245,17 @@ def test_roles_from_daemon_events() -> None:
         RoleObs(1.1, "a", "MASTER"),
         RoleObs(3.0, "a", None),
     ]
+
+
+def test_wipe_deletes_the_state_file_and_the_state_dirs_contents(tmp_path: Path) -> None:
+    lab = Lab("chw")
+    lab.dir = tmp_path
+    lab.hapair.write_configs()
+    state_dir = tmp_path / "a"
+    (state_dir / "lab-chw-a.state").write_text("{}")
+    (state_dir / "junk").mkdir()
+    gone = wipe_state(lab.hapair.config_path("a"))
+    assert list(state_dir.iterdir()) == []
+    assert str(state_dir / "lab-chw-a.state") in gone
+    assert (tmp_path / "b").is_dir() and lab.hapair.config_path("a").exists()
+    assert wipe_state(lab.hapair.config_path("a")) == ["nothing (no state there)"]
