@@ -236,7 +236,7 @@ class ChaosRunner:
         self._say(f"fault {fault.index}: {fault.label} for {fault.duration:.2f} s")
         try:
             heal = INJECT[fault.kind](self, fault, ex)
-        except LabError as exc:
+        except (LabError, OSError) as exc:
             ex.notes.append(f"inject failed: {exc}")
             heal = None
         if heal is None:
@@ -247,7 +247,7 @@ class ChaosRunner:
         ex.heal = time.time()
         try:
             heal()
-        except LabError as exc:
+        except (LabError, OSError) as exc:
             ex.notes.append(f"heal failed: {exc}")
         ex.healed = time.time()
         ex.out = [(n, a, ex.healed if b == 0.0 else b) for n, a, b in ex.out]
