@@ -447,7 +447,7 @@ def _flap(r: ChaosRunner, f: Fault, ex: Executed) -> Healer | None:
         ex.notes.append("no balancer (--balancer none): skipped")
         return None
     stop = threading.Event()
-    counts = {"flaps": 0, "reloads": 0}
+    counts = {"flaps": 0, "reloads": 0, "failed": 0}
     service = [sys.executable, "-m", "hapair.lab.service", "--name", "r1", "--vip", LAN4["r1"]]
 
     def set_r1(up: bool) -> None:
@@ -468,6 +468,8 @@ def _flap(r: ChaosRunner, f: Fault, ex: Executed) -> Healer | None:
                 key = f"chaos-reload-{node}"
                 if r.lab.running(key) or not r.pair.running(node):
                     continue
+                if key in r.lab.procs and r.lab.procs[key].popen.returncode != 0:
+                    counts["failed"] += 1
                 cfg = str(r.pair.config_path(node))
                 r.lab.spawn(key, node, [sys.executable, "-m", "hapair", "reload", "-c", cfg])
                 counts["reloads"] += 1
@@ -480,8 +482,14 @@ def _flap(r: ChaosRunner, f: Fault, ex: Executed) -> Healer | None:
         thread.join(timeout=5.0)
         set_r1(True)
         for node in PEER:
-            r.lab.stop(f"chaos-reload-{node}", timeout=10.0)
-        ex.notes.append(f"{counts['flaps']} flaps of r1, {counts['reloads']} reloads started")
+            key = f"chaos-reload-{node}"
+            if r.lab.stop(key, timeout=10.0) not in (0, None):
+                counts["failed"] += 1
+            r.lab.procs.pop(key, None)
+        ex.notes.append(
+            f"{counts['flaps']} flaps of r1, {counts['reloads']} reloads started, "
+            f"{counts['failed']} failed (or cut short by the heal)"
+        )
 
     return heal
 
