@@ -23,7 +23,7 @@ from hapair.lab.chaoscheck import (
     roles_from_events,
     tracebacks,
 )
-from hapair.lab.chaosrun import wipe_state
+from hapair.lab.chaosfaults import wipe_state
 from hapair.lab.events import Event
 from hapair.lab.probe import Sample
 from hapair.lab.topology import Lab
