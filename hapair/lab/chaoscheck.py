@@ -7,8 +7,8 @@ that neither its role nor its VIP counts). The state is piecewise constant betwe
 observations, so every span below is measured exactly between two observations.
 
 Invariants (``tol`` is the stated tolerance, ``dead`` the dead time):
-- one_master: after a fault heals, exactly one MASTER within dead + tol, and from then until the
-  next fault no span without exactly one MASTER longer than tol;
+- one_master: after a fault heals, exactly one MASTER within dead + tol, and from the heal +
+  dead + tol until the next fault no span without exactly one MASTER longer than tol;
 - two_holders: never two VIP holders, except while a disruptive fault is active and for one
   interval + tol after it heals (spans under OVERLAP_SLACK are measurement noise);
 - client: after a fault heals, every client outage ends within dead + 50 ms of the later of the
@@ -319,7 +319,10 @@ def _outcome(
                 Violation("one_master", heal, (one or until) - heal, f.index, f"one MASTER {seen}")
             )
     if one is not None:
-        for t0, t1 in _spans(_clip(after, one, until), lambda s: len(s.masters) != 1):
+        # The pair has one dead time to converge (a thawed master still claims MASTER until it
+        # hears its peer); from then on any span without exactly one MASTER counts.
+        settled = max(one, heal + limit)
+        for t0, t1 in _spans(_clip(after, settled, until), lambda s: len(s.masters) != 1):
             if t1 - t0 > bounds.tolerance:
                 masters = next((s.masters for s in after if s.t0 <= t0 < s.t1), frozenset())
                 who = ", ".join(sorted(masters)) or "none"

@@ -161,6 +161,14 @@ def test_two_masters_again_after_the_heal_settled() -> None:
     assert "2 MASTERs" in verdict.violations[0].detail
 
 
+def test_two_masters_while_the_pair_converges_after_the_heal_are_allowed() -> None:
+    # a, frozen while MASTER, thaws at the heal still MASTER; b yields 90 ms later.
+    roles = [RoleObs(10.2, "b", "MASTER"), RoleObs(HEAL + 0.09, "b", "BACKUP")]
+    vips = [VipObs(10.2, "b", True), VipObs(HEAL + 0.095, "b", False)]
+    out = (("a", 10.0, HEAL),)
+    assert broken(run(kind="pause", roles=roles, vips=vips, out=out)) == []
+
+
 def test_two_holders_longer_than_one_interval_after_the_heal() -> None:
     verdict = partition(HEAL + 0.04, HEAL + 0.3)
     # b, BACKUP again, kept the VIP: that is also a VIP on a non-master.
