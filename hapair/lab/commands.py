@@ -180,6 +180,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     from hapair.lab.chaoscheck import Bounds
     from hapair.lab.chaosreport import format_report, replay_command, to_json
     from hapair.lab.chaosrun import ChaosRunner, add_balancer
+    from hapair.lab.shell import LabError
     from hapair.lab.topology import Lab, check_prefix
 
     timers = _timers(args)
@@ -191,7 +192,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         schedule = make_schedule(
             seed, args.minutes, interval=timers.interval, dead_after=timers.dead_after, kinds=kinds
         )
-    except ValueError as exc:
+    except (ValueError, LabError) as exc:
         print(f"hapair lab chaos: {exc}", file=sys.stderr)
         return 2
     if not schedule:
