@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 _RAW: Final = argparse.RawDescriptionHelpFormatter
 DEFAULT_PREFIX: Final = "hpl"
 DRILL_PREFIX: Final = "hpd"
+CHAOS_PREFIX: Final = "hpc"
 
 
 def _need_root(what: str) -> int | None:
@@ -169,6 +170,103 @@ def cmd_docker_drill(args: argparse.Namespace) -> int:
     return _exit_status(results)
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    """Build a lab, play a seeded fault schedule, check the invariants, print the report."""
+    if (status := _need_root("chaos")) is not None:
+        return status
+    import random
+
+    from hapair.lab.chaos import make_schedule, parse_kinds
+    from hapair.lab.chaoscheck import Bounds
+    from hapair.lab.chaosreport import format_report, replay_command, to_json
+    from hapair.lab.chaosrun import ChaosRunner, add_balancer
+    from hapair.lab.shell import LabError
+    from hapair.lab.topology import Lab, check_prefix
+
+    timers = _timers(args)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
+    try:
+        check_prefix(args.prefix)
+        kinds = parse_kinds(args.faults)
+        tolerance = parse_duration(args.tolerance)
+        schedule = make_schedule(
+            seed, args.minutes, interval=timers.interval, dead_after=timers.dead_after, kinds=kinds
+        )
+    except (ValueError, LabError) as exc:
+        print(f"hapair lab chaos: {exc}", file=sys.stderr)
+        return 2
+    if not schedule:
+        print("hapair lab chaos: --minutes too short for even one fault", file=sys.stderr)
+        return 2
+    bounds = Bounds(timers.interval, timers.dead_time, tolerance)
+    lab = Lab(args.prefix, timers=timers)
+    lab.trap_signals()
+    try:
+        lab.up()
+        if args.balancer != "none":
+            add_balancer(lab, args.balancer)
+        for node in ("a", "b"):
+            lab.hapair.start(node)
+        print(
+            f"chaos: lab {args.prefix!r} up in {lab.dir}; seed {seed}, {len(schedule)} faults "
+            f"planned over {args.minutes:g} min",
+            file=sys.stderr,
+            flush=True,
+        )
+        runner = ChaosRunner(
+            lab,
+            schedule,
+            seed=seed,
+            minutes=args.minutes,
+            bounds=bounds,
+            balancer=args.balancer,
+            progress=args.verbose,
+        )
+        result = runner.run()
+    except BaseException:
+        lab.down()
+        raise
+    replay = replay_command(result, args.prefix, args.faults)
+    if args.json:
+        print(json.dumps(to_json(result, replay), indent=2))
+    else:
+        print(format_report(result, replay))
+    if args.keep:
+        print(lab.describe(), file=sys.stderr)
+    else:
+        lab.down()
+    return 0 if result.ok else 1
+
+
+def chaos_args(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``hapair lab chaos``."""
+    from hapair.lab.chaosrun import BALANCERS
+
+    p.add_argument("--minutes", type=float, default=10.0, help="how long to run (default 10)")
+    p.add_argument("--seed", type=int, help="schedule seed (default: a random one, printed)")
+    p.add_argument("--interval", default="50ms", help="heartbeat interval (default 50ms)")
+    p.add_argument(
+        "--dead-after", type=int, default=3, metavar="N", help="missed heartbeats (default 3)"
+    )
+    p.add_argument(
+        "--faults", default="all", metavar="KINDS", help="comma-separated fault kinds (all)"
+    )
+    p.add_argument(
+        "--tolerance", default="50ms", help="slack on the timed invariants (default 50ms)"
+    )
+    p.add_argument(
+        "--balancer",
+        choices=BALANCERS,
+        default="nat",
+        help="balancer on both nodes: nat, proxy on nginx or on haproxy, or none (nat)",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    p.add_argument("-v", "--verbose", action="store_true", help="log each fault to stderr")
+    p.add_argument("--prefix", default=CHAOS_PREFIX, help=f"name prefix ({CHAOS_PREFIX})")
+    p.set_defaults(func=cmd_chaos)
+
+
 def drill_args(p: argparse.ArgumentParser) -> None:
     """Add the options every drill command shares."""
     from hapair.lab.drill import SCENARIOS
@@ -207,6 +305,7 @@ def register(subparsers: Any) -> None:
             "  sudo ip netns exec hpl-c curl -s http://10.77.0.50/\n"
             "  sudo hapair lab down\n"
             "  sudo hapair lab drill crash         # one failover, timed as a client sees it\n"
+            "  sudo hapair lab chaos --minutes 3 --seed 1   # random faults, invariants checked\n"
         ),
     )
     sub = lab.add_subparsers(dest="lab_command", metavar="SUBCOMMAND", required=True)
@@ -291,6 +390,50 @@ def register(subparsers: Any) -> None:
     p.add_argument("--prefix", default=DRILL_PREFIX, help=f"name prefix ({DRILL_PREFIX})")
     timer_args(p)
     p.set_defaults(func=cmd_drill)
+
+    register_chaos(sub)
+
+
+def register_chaos(sub: Any) -> None:
+    """Add ``hapair lab chaos``."""
+    from hapair.lab.chaos import DESCRIPTIONS as FAULTS
+    from hapair.lab.chaos import KINDS
+    from hapair.lab.chaoscheck import INVARIANTS
+
+    fault_help = "\n".join(f"  {name:<10} {FAULTS[name]}" for name in KINDS)
+    invariant_help = "\n".join(f"  {name:<15} {text}" for name, text in INVARIANTS.items())
+    p = sub.add_parser(
+        "chaos",
+        help="random faults for N minutes; check the pair's invariants the whole time",
+        formatter_class=_RAW,
+        description=(
+            "Build a lab (prefix hpc), start hapair on a and b with a --balancer in front of\n"
+            "r1 and r2, wait for one stable master, start the client probe (a UDP datagram\n"
+            "to VIP:7 every 10 ms) and a VIP monitor in each node, then play a schedule of\n"
+            "faults drawn from --seed: a quiet gap, a fault held for a while, its heal, the\n"
+            "next gap. Faults never overlap. The same seed with the same --minutes,\n"
+            "--interval, --dead-after and --faults replays the same schedule (the report\n"
+            "prints the replay command); the actions' own times (a daemon start takes about\n"
+            "a second) vary from run to run, and faults stop when --minutes are over.\n\n"
+            f"faults (target drawn from a and b):\n{fault_help}\n\n"
+            "invariants, checked over the whole run (a node that is dead, frozen, cut off,\n"
+            "or killed with its VIP not yet released is left out of the counts; the\n"
+            "tolerance is --tolerance):\n"
+            f"{invariant_help}\n\n"
+            "The report lists each fault with its start and heal (seconds after T0), the\n"
+            "time from its heal to exactly one MASTER, the client's longest outage, then\n"
+            "totals: faults by kind, violations by invariant, crashes. The flood fault needs\n"
+            "hapair.lab.flood; without it, it is skipped with a note."
+        ),
+        epilog=(
+            "examples:\n"
+            "  sudo hapair lab chaos --minutes 3 --seed 1\n"
+            "  sudo hapair lab chaos --minutes 10 --seed 7 --json > chaos.json\n"
+            "  sudo hapair lab chaos --minutes 1 --seed 7 --faults crash,partition -v\n"
+            "exit status: 0 no invariant violated, 1 some were, 2 not root or bad options"
+        ),
+    )
+    chaos_args(p)
 
 
 def register_drill(subparsers: Any) -> None:

@@ -90,6 +90,28 @@ def wait_started(pair: LogReadingPair, node: str, since: float, event: str, fail
         raise LabError(f"{pair.label} on {node} {failure} in {START_TIMEOUT:.0f}s")
 
 
+def checked_pool(probe_interval: float, fall: int) -> str:
+    """TOML: backends r1:80 (weight 2) and r2:80 behind a fast http check (rise 1)."""
+    from hapair.lab.topology import LAN4
+
+    return f"""
+[balancer.check]
+kind = "http"
+path = "/"
+interval = "{int(probe_interval * 1000)}ms"
+timeout = "150ms"
+rise = 1
+fall = {fall}
+
+[[balancer.backend]]
+address = "{LAN4["r1"]}:80"
+weight = 2
+
+[[balancer.backend]]
+address = "{LAN4["r2"]}:80"
+"""
+
+
 def _toml_list(items: list[str]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 

@@ -54,6 +54,8 @@ VIP6: Final = "fd77::50"
 PREFIX_PATTERN: Final = re.compile(r"[a-z][a-z0-9]{0,9}")
 DIR_TAG: Final = "hapair-lab-"
 SERVICE_READY_TIMEOUT: Final = 10.0
+# The lab's own nftables table for one-way partitions (hapair's tables have other names).
+ONEWAY_TABLE: Final = "hapair_lab_oneway"
 
 # Forwarding off: a new namespace may start with it on, and a former master that forwards the
 # client's packets would hide a missing gratuitous ARP. DAD off: addresses usable at once.
@@ -338,6 +340,27 @@ class Lab:
                 shell.ip(
                     "route", verb, "blackhole", f"{dest}/32", netns=self.ns(me), check=not heal
                 )
+
+    def partition_oneway(self, src: str, dst: str, heal: bool = False) -> None:
+        """Drop every packet from node `src` arriving at node `dst` (or stop dropping).
+
+        Only that direction is cut: `dst` still reaches `src`. The drop is an nftables rule in
+        `dst`'s namespace at prerouting, so no trick of the sender's (a socket bound to a device,
+        a raw socket) gets around it; ARP is not IP and still passes, as on a real broken path.
+        """
+        if {src, dst} != set(NODES):
+            raise LabError(f"a one-way partition is between a and b, not {src}->{dst}")
+        nft = ["ip", "netns", "exec", self.ns(dst), "nft"]
+        if heal:
+            shell.run([*nft, "delete", "table", "inet", ONEWAY_TABLE], check=False)
+            return
+        v4 = ", ".join([LAN4[src], *([HB4[src]] if self.direct_cable else [])])
+        rules = (
+            f"table inet {ONEWAY_TABLE} {{\n"
+            f"  chain pre {{\n    type filter hook prerouting priority -300; policy accept;\n"
+            f"    ip saddr {{ {v4} }} drop\n    ip6 saddr {LAN6[src]} drop\n  }}\n}}\n"
+        )
+        shell.run([*nft, "-f", "-"], input_text=rules)
 
     def vip_holders(self) -> list[str]:
         """Return the nodes that currently have the IPv4 VIP on eth0."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from hapair.lab.topology import LAN4, VIP4, Lab
+from hapair.lab.nodes import checked_pool
+from hapair.lab.topology import VIP4, Lab
+
+__all__ = ["checked_pool", "fetch", "redirects"]
 
 # HOST COUNT PORT TIMEOUT: COUNT sequential GETs, each on a new connection; the bodies.
 GET = """
@@ -37,26 +40,6 @@ for _ in range(int(sys.argv[2])):
     except OSError:
         out.append("FAILED")
 print(" ".join(out))
-"""
-
-
-def checked_pool(probe_interval: float, fall: int) -> str:
-    """TOML: backends r1:80 (weight 2) and r2:80 behind a fast http check (rise 1)."""
-    return f"""
-[balancer.check]
-kind = "http"
-path = "/"
-interval = "{int(probe_interval * 1000)}ms"
-timeout = "150ms"
-rise = 1
-fall = {fall}
-
-[[balancer.backend]]
-address = "{LAN4["r1"]}:80"
-weight = 2
-
-[[balancer.backend]]
-address = "{LAN4["r2"]}:80"
 """
 
 
