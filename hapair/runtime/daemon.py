@@ -38,8 +38,8 @@ from hapair.runtime.state import (
     load_and_repair,
 )
 from hapair.runtime.wiring import Adapters, PeerFeed, vips_of
-from hapair.wire.heartbeat import PACKET_SIZE
 from hapair.runtime.worker import SWITCH_INTERVAL
+from hapair.wire.heartbeat import PACKET_SIZE
 
 CAP_NET_ADMIN: Final = 12
 CAP_NET_RAW: Final = 13
