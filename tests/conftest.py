@@ -1,68 +1,84 @@
 """Fixtures for every test: an in-process asyncio loop that is blocked fails the test.
 
-python-zeroconf's conftest is the model (a fixture that fails a test which leaks a thread);
-here the loops the tests create run in asyncio's debug mode with ``slow_callback_duration``
-at ``LOOP_BLOCK_LIMIT``, and every "Executing ... took" report fails the test that caused it.
-Unit and component tests get it automatically; a test that blocks on purpose is marked
-``loop_may_block``. The netns tests, which run real daemons, have their own check (the
-daemons measure their own lateness: tests/netns/conftest.py).
+python-zeroconf's conftest is the model (a fixture that fails a test which leaks a thread).
+While a unit or component test runs, every asyncio callback (``Handle._run``: task steps,
+reader callbacks, timers) is timed, and one that held its thread longer than
+``LOOP_BLOCK_LIMIT`` fails the test. What counts is the time the callback *blocked*: its wall
+time less what its thread spent runnable but waiting for a CPU (schedstat's run_delay) and less
+garbage collection, so a loaded CI host does not fail a test that did nothing wrong, while a
+sleep, a blocking syscall or a child process waited for on the loop still does. A test that
+blocks on purpose is marked ``loop_may_block``. The netns tests, which run real daemons, have
+their own check (the daemons measure their own lateness: tests/netns/conftest.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import gc
 import os
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 
-#: A callback or step that holds the loop longer than this fails its test (seconds). The
-#: calls moved off the loop took 30 to 300 ms; on a shared 2-core host at load 5, debug mode
-#: reports even a trivial handle at 10 to 18 ms now and then (preemption, the GIL), so the
-#: default leaves room for that. HAPAIR_LOOP_BLOCK_MS overrides it.
-LOOP_BLOCK_LIMIT: Final = float(os.environ.get("HAPAIR_LOOP_BLOCK_MS", "20")) / 1000
+from hapair.runtime.clock import CpuWait
+
+#: A callback that blocks its loop longer than this fails its test (seconds); the calls moved
+#: off the loop took 30 to 300 ms. HAPAIR_LOOP_BLOCK_MS overrides it.
+LOOP_BLOCK_LIMIT: Final = float(os.environ.get("HAPAIR_LOOP_BLOCK_MS", "10")) / 1000
 WATCHED: Final = ("unit", "component")
 
 
-class _SlowCallbacks(logging.Handler):
-    """Collects asyncio's debug-mode reports of callbacks that ran too long."""
+class _GcTime:
+    """Seconds spent in garbage collection so far (gc.callbacks)."""
 
     def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.seen: list[str] = []
+        self.total = 0.0
+        self._start = 0.0
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if isinstance(record.msg, str) and record.msg.startswith("Executing"):
-            self.seen.append(record.getMessage()[:400])
-
-
-class _WatchingPolicy(asyncio.DefaultEventLoopPolicy):
-    """Every new loop runs in debug mode and reports callbacks over the limit."""
-
-    def new_event_loop(self) -> asyncio.AbstractEventLoop:
-        loop = super().new_event_loop()
-        loop.set_debug(True)
-        loop.slow_callback_duration = LOOP_BLOCK_LIMIT
-        return loop
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        del info
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.total += time.perf_counter() - self._start
 
 
 @contextlib.contextmanager
 def watch_loops() -> Iterator[list[str]]:
-    """While open, loops created by ``asyncio.run`` report blocking into the yielded list."""
-    handler = _SlowCallbacks()
-    logger = logging.getLogger("asyncio")
-    old = asyncio.get_event_loop_policy()
-    asyncio.set_event_loop_policy(_WatchingPolicy())
-    logger.addHandler(handler)
+    """While open, every asyncio callback that blocks its thread too long is reported."""
+    seen: list[str] = []
+    original: Callable[[Any], None] = asyncio.events.Handle._run  # type: ignore[attr-defined]
+    gc_time = _GcTime()
+    waits: dict[int, CpuWait] = {}
+
+    def timed_run(handle: Any) -> None:
+        waits_here = waits.get(threading.get_ident())
+        if waits_here is None:  # schedstat is per thread: one reader for each loop's thread
+            waits_here = waits[threading.get_ident()] = CpuWait()
+        wall, cpu_wait, gc0 = time.perf_counter(), waits_here.now(), gc_time.total
+        try:
+            original(handle)
+        finally:
+            elapsed = time.perf_counter() - wall
+            if elapsed > LOOP_BLOCK_LIMIT:
+                blocked = elapsed - (waits_here.now() - cpu_wait) - (gc_time.total - gc0)
+                if blocked > LOOP_BLOCK_LIMIT:
+                    seen.append(f"{handle!r}"[:300] + f" blocked {blocked * 1000:.1f} ms")
+
+    asyncio.events.Handle._run = timed_run  # type: ignore[attr-defined]
+    gc.callbacks.append(gc_time)
     try:
-        yield handler.seen
+        yield seen
     finally:
-        logger.removeHandler(handler)
-        asyncio.set_event_loop_policy(old)
+        asyncio.events.Handle._run = original  # type: ignore[attr-defined]
+        gc.callbacks.remove(gc_time)
+        for wait in waits.values():
+            wait.close()
 
 
 @pytest.fixture(autouse=True)
