@@ -351,9 +351,17 @@ class Daemon:
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
+        # A plain handler, not the loop's: it runs as soon as the thread resumes, before the
+        # late wake it explains is measured.
+        signal.signal(signal.SIGCONT, self._on_cont)
         loop.add_signal_handler(signal.SIGTERM, self._on_term)
         loop.add_signal_handler(signal.SIGINT, self._on_term)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+
+    def _on_cont(self, signum: int, frame: object) -> None:
+        del signum, frame
+        if self.node is not None:
+            self.node.continued = True
 
     def _on_term(self) -> None:
         self.log.info("shutdown_requested")

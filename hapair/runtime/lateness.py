@@ -53,12 +53,16 @@ class LatenessMeter:
         self._slots: deque[tuple[int, float]] = deque()  # (slot number, worst in it)
         self._logged = False
 
-    def observe_at(self, expected: float, actual: float, waited: float = 0.0) -> LateWake | None:
+    def observe_at(
+        self, expected: float, actual: float, waited: float = 0.0, stopped: bool = False
+    ) -> LateWake | None:
         """The loop meant to wake at ``expected`` and woke at ``actual``, ``waited`` of it for
-        a CPU; returns the wake to log when it is the first one later than the threshold."""
+        a CPU; ``stopped``: the process was stopped meanwhile (SIGSTOP, then SIGCONT), which is
+        lateness but none of the daemon's own blocking. Returns the wake to log when it is the
+        first one later than the threshold."""
         self._roll(actual)
         lateness = max(0.0, actual - expected)
-        blocked = max(0.0, lateness - max(0.0, waited))
+        blocked = 0.0 if stopped else max(0.0, lateness - max(0.0, waited))
         self.worst_blocked = max(self.worst_blocked, blocked)
         self._interval_worst = max(self._interval_worst, lateness)
         self.worst_ever = max(self.worst_ever, lateness)

@@ -138,6 +138,8 @@ class Node:
         self._macs: dict[str, bytes] = {}
         #: A takeover's GARP burst held until the cold balancer serves (its start is off-loop).
         self._held_announce: Announce | None = None
+        #: Set by the daemon's SIGCONT handler: the process was stopped, not blocking itself.
+        self.continued = False
         self.lateness = LatenessMeter(cfg.cluster.interval, now, late_threshold(cfg))
         self.done = False
 
@@ -258,7 +260,8 @@ class Node:
     def _measure(self, expected: float, actual: float, waited: float) -> None:
         """Feed the lateness meter with a wake that was due; ``waited``: the loop thread's
         time in the CPU run queue since the last due wake."""
-        late = self.lateness.observe_at(expected, actual, waited)
+        stopped, self.continued = self.continued, False
+        late = self.lateness.observe_at(expected, actual, waited, stopped=stopped)
         if self.io.metrics is not None:
             self.io.metrics.loop_lateness(actual - expected)
         if late is not None:

@@ -78,3 +78,12 @@ def test_time_spent_waiting_for_a_cpu_is_not_the_daemons_blocking() -> None:
     snap = m.snapshot_at(2.03)
     assert snap["worst_lateness_since_start"] == 0.05
     assert snap["worst_blocked_since_start"] == 0.03
+
+
+def test_a_stopped_process_is_late_but_did_not_block() -> None:
+    m = LatenessMeter(0.02, now=0.0, threshold=0.010)
+    late = m.observe_at(1.0, 1.8, waited=0.0, stopped=True)  # SIGSTOP for 0.8 s, then SIGCONT
+    assert late is not None and late.blocked == 0.0
+    snap = m.snapshot_at(1.8)
+    assert snap["worst_lateness_since_start"] == 0.8
+    assert snap["worst_blocked_since_start"] == 0.0
