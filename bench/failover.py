@@ -28,9 +28,9 @@ from typing import Final
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hapair.lab.drill import SCENARIOS, DrillOptions, run_drill, wait_stable_master
-from hapair.lab.keepalived import KeepalivedPair, keepalived_path
-from hapair.lab.nodes import Pair, Timers
-from hapair.lab.shell import LabError
+from hapair.lab.keepalived import bench_pair, keepalived_path
+from hapair.lab.nodes import Timers
+from hapair.lab.shell import LabError, cpu_ticks
 from hapair.lab.testbed import NetnsBed
 from hapair.lab.topology import NODES, Lab
 
@@ -69,13 +69,6 @@ class Idle:
     seconds: float
 
 
-def _cpu_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    # utime and stime are fields 14 and 15; after the ")" they are at index 11 and 12.
-    return int(fields[11]) + int(fields[12])
-
-
 def _rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/statm", encoding="ascii") as fh:
         return int(fh.read().split()[1]) * PAGE
@@ -83,7 +76,7 @@ def _rss_bytes(pid: int) -> int:
 
 def sample_idle(pids: Sequence[int], seconds: float) -> Idle:
     """Sample the summed CPU time and peak RSS of `pids` over `seconds`."""
-    start_ticks = sum(_cpu_ticks(p) for p in pids)
+    start_ticks = sum(cpu_ticks(p) for p in pids)
     start = time.monotonic()
     peak = 0
     deadline = start + seconds
@@ -91,7 +84,7 @@ def sample_idle(pids: Sequence[int], seconds: float) -> Idle:
         peak = max(peak, sum(_rss_bytes(p) for p in pids))
         time.sleep(0.5)
     elapsed = time.monotonic() - start
-    ticks = sum(_cpu_ticks(p) for p in pids) - start_ticks
+    ticks = sum(cpu_ticks(p) for p in pids) - start_ticks
     return Idle(peak / 2**20, 100.0 * ticks / CLK_TCK / elapsed, elapsed)
 
 
@@ -108,14 +101,7 @@ def run_impl(
     cells = {s: Cell() for s in scenarios}
     idle: Idle | None = None
     with Lab(prefix, timers=timers) as lab:
-        pair: Pair
-        if impl == "keepalived":
-            kp = KeepalivedPair(lab, timers)
-            kp.write_configs()
-            kp.check_config("a")
-            pair = kp
-        else:
-            pair = lab.hapair
+        pair = bench_pair(lab, keepalived=impl == "keepalived")
         for node in NODES:
             pair.start(node)
         bed = NetnsBed(lab, pair)

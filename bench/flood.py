@@ -19,6 +19,7 @@ whichever protocol this checkout speaks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -32,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hapair.lab.drill import wait_stable_master
 from hapair.lab.events import dual_master_spans
-from hapair.lab.keepalived import KeepalivedPair, keepalived_path
+from hapair.lab.keepalived import bench_pair, keepalived_path
 from hapair.lab.nodes import Pair, Timers
-from hapair.lab.shell import LabError
+from hapair.lab.shell import LabError, cpu_ticks
 from hapair.lab.testbed import NetnsBed
 from hapair.lab.topology import LAN4, NODES, Lab
 from hapair.wire.heartbeat import PACKET_SIZE, VERSION
@@ -68,12 +69,8 @@ class Result:
 def _ticks(pids: Sequence[int]) -> int:
     total = 0
     for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            total += cpu_ticks(pid)
     return total
 
 
@@ -123,14 +120,7 @@ def run_case(case: str, prefix: str, seconds: float, step_seconds: float) -> lis
     single = case == "spoof-single"
     out: list[Result] = []
     with Lab(prefix, timers=FAST, direct_cable=not single) as lab:
-        pair: Pair
-        if impl == "keepalived":
-            kp = KeepalivedPair(lab, FAST)
-            kp.write_configs()
-            kp.check_config("a")
-            pair = kp
-        else:
-            pair = lab.hapair
+        pair = bench_pair(lab, keepalived=impl == "keepalived")
         for node in NODES:
             pair.start(node)
         bed = NetnsBed(lab, pair)

@@ -33,9 +33,9 @@ from typing import Final
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hapair.lab.drill import wait_stable_master
-from hapair.lab.keepalived import KeepalivedPair, keepalived_path
+from hapair.lab.keepalived import bench_pair, keepalived_path
 from hapair.lab.nodes import PEER, Pair, Timers
-from hapair.lab.shell import LabError
+from hapair.lab.shell import LabError, cpu_ticks
 from hapair.lab.testbed import NetnsBed
 from hapair.lab.topology import NODES, Lab
 
@@ -54,14 +54,6 @@ class Sample:
     rss_mb: float
     pss_mb: float
     seconds: float
-
-
-def cpu_ticks(pid: int) -> int:
-    """Return utime + stime of `pid` (all its threads), in clock ticks."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    # utime and stime are fields 14 and 15; after the ")" they are at index 11 and 12.
-    return int(fields[11]) + int(fields[12])
 
 
 def _status_field(path: str, name: str) -> int:
@@ -120,14 +112,7 @@ def run_impl(
     """Build one lab; per run start both daemons, sample the idle MASTER, stop them."""
     results: list[dict[str, object]] = []
     with Lab(prefix, timers=timers) as lab:
-        pair: Pair
-        if impl == "keepalived":
-            kp = KeepalivedPair(lab, timers)
-            kp.write_configs()
-            kp.check_config("a")
-            pair = kp
-        else:
-            pair = lab.hapair
+        pair = bench_pair(lab, keepalived=impl == "keepalived")
         bed = NetnsBed(lab, pair)
         for i in range(runs):
             for node in NODES:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from hapair.lab import shell
-from hapair.lab.nodes import PEER, PRIORITY, LogReadingPair, Timers, wait_started
+from hapair.lab.nodes import PEER, PRIORITY, LogReadingPair, Pair, Timers, wait_started
 from hapair.lab.shell import LabError
 
 if TYPE_CHECKING:
@@ -158,3 +158,15 @@ vrrp_instance VI_1 {{
         if proc is None or not self.running(node):
             return []
         return shell.group_pids(proc.pid)
+
+
+def bench_pair(lab: Lab, keepalived: bool) -> Pair:
+    """The pair a benchmark drives in `lab`: keepalived (configs written and checked) or
+    hapair, at the lab's timers."""
+    if not keepalived:
+        pair: Pair = lab.hapair
+        return pair
+    kp = KeepalivedPair(lab, lab.hapair.timers)
+    kp.write_configs()
+    kp.check_config("a")
+    return kp

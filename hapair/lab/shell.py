@@ -103,6 +103,14 @@ def pid_alive(pid: int) -> bool:
     return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] not in ("Z", "X", "")
 
 
+def cpu_ticks(pid: int) -> int:
+    """Return utime + stime of `pid` (all its threads), in clock ticks; OSError if it is gone."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15; after the ")" they are at index 11 and 12.
+    return int(fields[11]) + int(fields[12])
+
+
 def group_pids(pgid: int) -> list[int]:
     """Return the live pids whose process group is `pgid`."""
     found = []
