@@ -80,6 +80,9 @@ class _Snapshot:
     last_seen: tuple[tuple[str, float], ...]
     now: float
     drops: tuple[tuple[str, int], ...] = ()
+    link_errors: tuple[str, ...] = ()
+    state_save_failures: int = 0
+    control_rejected: tuple[tuple[str, int], ...] = ()
 
 
 class _LiveCollector(Collector):
@@ -114,16 +117,35 @@ class _LiveCollector(Collector):
             "Datagrams the kernel dropped on a heartbeat link's socket (filter, full queue)",
             labels=["link"],
         )
+        link_error = GaugeMetricFamily(
+            "hapair_heartbeat_link_error",
+            "1 while a configured heartbeat link has no socket (no route, cannot bind)",
+            labels=["link"],
+        )
+        save_failures = CounterMetricFamily(
+            "hapair_state_save_failures",
+            "Writes of the durable state file that failed (the state lives on in memory)",
+        )
+        control_rejected = CounterMetricFamily(
+            "hapair_control_rejected",
+            "Control socket requests refused, by kind (access, malformed, oversized, busy...)",
+            labels=["kind"],
+        )
         if snap is not None:
             for link, n in snap.drops:
                 dropped.add_metric([link], float(n))
+            for link in snap.link_errors:
+                link_error.add_metric([link], 1.0)
+            save_failures.add_metric([], float(snap.state_save_failures))
+            for kind, n in snap.control_rejected:
+                control_rejected.add_metric([kind], float(n))
             for r in Role:
                 role.add_metric([r.name], 1.0 if r is snap.role else 0.0)
             for vip in snap.vips:
                 held.add_metric([vip], 1.0 if vip in snap.held else 0.0)
             for peer, at in snap.last_seen:
                 seen.add_metric([peer], max(0.0, snap.now - at))
-        yield from (role, held, seen, dropped)
+        yield from (role, held, seen, dropped, link_error, save_failures, control_rejected)
 
 
 class Metrics:
@@ -139,6 +161,9 @@ class Metrics:
         self._last_seen: dict[str, float] = {}
         self._backends: dict[str, bool] = {}
         self._drops: Callable[[], Mapping[str, int]] | None = None
+        self._link_errors: Callable[[], Iterable[str]] | None = None
+        self._save_failures: Callable[[], int] | None = None
+        self._control_rejected: Callable[[], Mapping[str, int]] | None = None
         r = self.registry
         Info("hapair", "The daemon's version, cluster and node", registry=r).info(
             {"version": __version__, "cluster": cluster, "node": node}
@@ -285,6 +310,18 @@ class Metrics:
         """Read the kernel's per-link drop counts from ``source`` at each scrape."""
         self._drops = source
 
+    def watch_links(self, source: Callable[[], Iterable[str]]) -> None:
+        """Read the heartbeat links that have no socket from ``source`` at each scrape."""
+        self._link_errors = source
+
+    def watch_state(self, failures: Callable[[], int]) -> None:
+        """Read the count of failed state-file writes from ``failures`` at each scrape."""
+        self._save_failures = failures
+
+    def watch_control(self, rejected: Callable[[], Mapping[str, int]]) -> None:
+        """Read the control socket's refusals by kind from ``rejected`` at each scrape."""
+        self._control_rejected = rejected
+
     def loop_lateness(self, seconds: float) -> None:
         """The loop woke ``seconds`` after a deadline."""
         self._lateness.observe(seconds)
@@ -297,10 +334,22 @@ class Metrics:
                 drops = tuple(sorted(self._drops().items()))
             except (OSError, RuntimeError, ValueError):
                 drops = ()
+        # The loop mutates these dicts: copy them (a copy that races a mutation is retried once
+        # by the next scrape, never a failed one).
+        links: tuple[str, ...] = ()
+        rejected: tuple[tuple[str, int], ...] = ()
+        failures = 0
+        with contextlib.suppress(RuntimeError):
+            if self._link_errors is not None:
+                links = tuple(sorted(self._link_errors()))
+            if self._control_rejected is not None:
+                rejected = tuple(sorted(dict(self._control_rejected()).items()))
+            if self._save_failures is not None:
+                failures = self._save_failures()
         with self._lock:
             return _Snapshot(
                 self._role, self._vips, self._held, tuple(sorted(self._last_seen.items())), now,
-                drops,
+                drops, links, failures, rejected,
             )  # fmt: skip
 
 

@@ -161,12 +161,16 @@ class Daemon:
                 )  # fmt: skip
                 host, port = cfg.metrics.listen
                 metrics.watch_drops(transport.drops)
+                metrics.watch_links(lambda: tuple(transport.link_errors))
+                metrics.watch_control(lambda: control.rejected)
                 server = MetricsServer(metrics, str(host), port)
                 server.start()
                 stack.callback(server.close)
             state = await self._load_state(cfg)
             writer = self._state_writer(cfg)
             stack.push_async_callback(writer.close)  # after the last change is written
+            if metrics is not None:
+                metrics.watch_state(lambda: writer.failures)
             stale = remove_stale_vips(cfg, vips)
             if stale:
                 self.log.warning("stale_vip_removed", vips=stale, reason="left by an earlier run")

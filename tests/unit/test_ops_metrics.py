@@ -210,6 +210,37 @@ def test_a_failing_drop_source_does_not_fail_the_scrape(m: Metrics) -> None:
     assert value(m, "hapair_heartbeat_dropped_total", link="10.0.0.12") is None
 
 
+def test_link_errors_state_failures_and_control_refusals_are_read_at_each_scrape(
+    m: Metrics,
+) -> None:
+    assert value(m, "hapair_state_save_failures_total") == 0.0  # present before any source
+    errors: dict[str, str] = {}
+    failures = [0]
+    rejected = {"access": 1}
+    m.watch_links(lambda: errors)
+    m.watch_state(lambda: failures[0])
+    m.watch_control(lambda: rejected)
+    assert value(m, "hapair_heartbeat_link_error", link="192.168.77.2") is None
+    errors["192.168.77.2"] = "no route to 192.168.77.2"
+    failures[0] = 3
+    rejected["malformed"] = 2
+    assert value(m, "hapair_heartbeat_link_error", link="192.168.77.2") == 1.0
+    assert value(m, "hapair_state_save_failures_total") == 3.0
+    assert value(m, "hapair_control_rejected_total", kind="access") == 1.0
+    assert value(m, "hapair_control_rejected_total", kind="malformed") == 2.0
+    errors.clear()
+    assert value(m, "hapair_heartbeat_link_error", link="192.168.77.2") is None
+
+
+def test_a_source_that_races_the_loop_does_not_fail_the_scrape(m: Metrics) -> None:
+    def mutated() -> dict[str, int]:
+        raise RuntimeError("dictionary changed size during iteration")
+
+    m.watch_control(mutated)
+    assert value(m, "hapair_role", role="INIT") == 1.0
+    assert value(m, "hapair_control_rejected_total", kind="access") is None
+
+
 def test_loop_lateness_is_a_histogram(m: Metrics) -> None:
     m.loop_lateness(0.0002)
     m.loop_lateness(0.003)
