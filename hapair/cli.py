@@ -589,10 +589,19 @@ def build_parser(with_lab: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+#: First words that never need the lab's subcommands: registering those imports the lab's
+#: harness (its config writer loads pydantic and the config models), 40 ms of every ``hapair
+#: status``. ``hapair lab``, help and a mistyped command still see every command.
+CORE_WORDS: Final = frozenset(
+    {"run", "check-config", "keygen", "status", "maintenance", "reload", "handover", "release"}
+    | {"realserver", "doctor", "discover", "--version"}
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hapair`` console script."""
     words = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(with_lab=words[:1] != ["run"]).parse_args(words)
+    args = build_parser(with_lab=words[:1] == [] or words[0] not in CORE_WORDS).parse_args(words)
     try:
         status: int = args.func(args)
         return status

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
 from typing import Any, Final, Literal, TypeVar
 
-from pyroute2 import IPRoute
+from pyroute2.iproute.linux import IPRoute
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_fixed
 
 from hapair.errors import VipError

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv6Interface, ip_interface
 from typing import Any, Final, TypeAlias
 
-from pyroute2 import IPRSocket
 from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
 from pyroute2.netlink.rtnl import (
     RTM_DELADDR,
@@ -24,6 +23,7 @@ from pyroute2.netlink.rtnl import (
     RTMGRP_LINK,
 )
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.iprsocket import IPRSocket
 
 from hapair.errors import VipError
 from hapair.net.garp import ARPHRD_ETHER, ETH_P_ARP, ETH_P_IP, MAC_LEN
