@@ -15,9 +15,10 @@ the data plane really reloads). Printed per kind:
   ``hapair status`` ("n/a" on a daemon that does not measure it).
 
 Kind ``none`` (not in the default list) runs the same pair and churn without a balancer: the
-host's noise floor, to tell a loaded machine from a loop that blocks.
+host's noise floor, to tell a loaded machine from a loop that blocks. ``--normal`` runs the
+loops at normal priority (``runtime.realtime_priority = 0``) instead of the default SCHED_RR.
 
-    sudo .venv/bin/python bench/churn.py [--seconds 60] [--kinds nat,dr,none] [--json]
+    sudo .venv/bin/python bench/churn.py [--seconds 60] [--kinds nat,dr,none] [--normal] [--json]
 """
 
 from __future__ import annotations
