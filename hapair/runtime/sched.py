@@ -64,8 +64,8 @@ def enter_realtime(priority: int, calls: Syscalls | None = None) -> SchedResult 
     reset-on-fork and an ``RLIMIT_RTTIME`` guard; ``priority`` 0: normal scheduling (None
     when nothing changed).
 
-    A thread already real time (the unit's ``CPUSchedulingPolicy=``, which needs no
-    privilege of the sandboxed daemon) keeps its priority and gets the guard. Never raises:
+    A thread already real time (a unit's ``CPUSchedulingPolicy=``, ``chrt``) keeps its
+    priority and gets the guard. Never raises:
     a refusal is a result to log, the daemon runs on.
     """
     c = calls or Syscalls()
@@ -97,7 +97,7 @@ def enter_realtime(priority: int, calls: Syscalls | None = None) -> SchedResult 
         return SchedResult(
             "realtime_inherited",
             True,
-            "real time from the start (the unit's CPUSchedulingPolicy=): kept, RLIMIT_RTTIME"
+            "real time from the start (CPUSchedulingPolicy=, chrt): kept, RLIMIT_RTTIME"
             f" {RTTIME_SOFT // 1000} ms",
         )
     try:
