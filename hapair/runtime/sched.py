@@ -7,27 +7,26 @@ lets it run as soon as it wakes. Only the calling thread changes, and
 ``SCHED_RESET_ON_FORK`` keeps what it starts afterwards at normal priority: the worker
 threads, nginx, HAProxy, probes and hooks.
 
-A real-time thread that spins would take its CPU from everything below it (kernel RT
-throttling still leaves 5 %). ``RLIMIT_RTTIME`` bounds that, keepalived's
-``vrrp_rlimit_rttime``: a thread that runs this long without sleeping gets SIGXCPU (the daemon
-dies and systemd restarts it; the peer already took over), at the hard limit SIGKILL. The
-loop sleeps every few milliseconds; the limit is far above any step it legitimately takes.
-Without the limit in place the thread stays normal (fail closed).
+A real-time loop that runs away takes at most 95 % of one CPU (the kernel's RT throttling,
+``sched_rt_runtime_us``), and a loop stuck that way stops pinging the systemd watchdog, which
+restarts it within ``WatchdogSec``. No ``RLIMIT_RTTIME`` (keepalived's ``vrrp_rlimit_rttime``):
+under a packet flood the loop may legitimately never sleep, and SIGXCPU would then kill the
+daemon the flood was aimed at.
 """
 
 from __future__ import annotations
 
 import os
-import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-#: CPU time (microseconds) a real-time thread may run without sleeping: SIGXCPU, then SIGKILL.
-RTTIME_SOFT: Final = 1_000_000
-RTTIME_HARD: Final = 2_000_000
-#: The policies that already are real time (systemd's CPUSchedulingPolicy=, chrt).
+#: The policies that already are real time (a unit's CPUSchedulingPolicy=, chrt).
 _REALTIME: Final = frozenset({os.SCHED_RR, os.SCHED_FIFO})
+
+
+def _rr_range(policy: int) -> tuple[int, int]:
+    return os.sched_get_priority_min(policy), os.sched_get_priority_max(policy)
 
 
 @dataclass(frozen=True)
@@ -36,14 +35,7 @@ class Syscalls:
 
     get_scheduler: Callable[[int], int] = os.sched_getscheduler
     set_scheduler: Callable[[int, int, os.sched_param], None] = os.sched_setscheduler
-    priority_range: Callable[[int], tuple[int, int]] = lambda policy: (
-        os.sched_get_priority_min(policy),
-        os.sched_get_priority_max(policy),
-    )
-    get_rttime: Callable[[], tuple[int, int]] = lambda: resource.getrlimit(resource.RLIMIT_RTTIME)
-    set_rttime: Callable[[tuple[int, int]], None] = lambda limits: resource.setrlimit(
-        resource.RLIMIT_RTTIME, limits
-    )
+    priority_range: Callable[[int], tuple[int, int]] = _rr_range
 
 
 @dataclass(frozen=True)
@@ -55,18 +47,12 @@ class SchedResult:
     detail: str
 
 
-def _capped(current: int, cap: int) -> int:
-    return cap if current == resource.RLIM_INFINITY or current < 0 else min(current, cap)
-
-
 def enter_realtime(priority: int, calls: Syscalls | None = None) -> SchedResult | None:
     """Put the calling thread (the loop's) under ``SCHED_RR`` at ``priority`` with
-    reset-on-fork and an ``RLIMIT_RTTIME`` guard; ``priority`` 0: normal scheduling (None
-    when nothing changed).
+    reset-on-fork; ``priority`` 0: normal scheduling (None when nothing changed).
 
     A thread already real time (a unit's ``CPUSchedulingPolicy=``, ``chrt``) keeps its
-    priority and gets the guard. Never raises:
-    a refusal is a result to log, the daemon runs on.
+    priority. Never raises: a refusal is a result to log, the daemon runs on.
     """
     c = calls or Syscalls()
     try:
@@ -81,24 +67,16 @@ def enter_realtime(priority: int, calls: Syscalls | None = None) -> SchedResult 
         except OSError as exc:
             return SchedResult("realtime_refused", True, f"cannot leave real time: {exc}")
         return SchedResult("realtime_off", False, "real time from the start: back to normal")
-    low, high = c.priority_range(os.SCHED_RR)
-    if not low <= priority <= high:
-        return SchedResult(
-            "realtime_refused", False, f"runtime.realtime_priority must be {low}..{high}"
-        )
-    try:
-        soft, hard = c.get_rttime()
-        c.set_rttime((_capped(soft, RTTIME_SOFT), _capped(hard, RTTIME_HARD)))
-    except (OSError, ValueError) as exc:
-        return SchedResult(
-            "realtime_refused", already in _REALTIME, f"cannot limit RLIMIT_RTTIME: {exc}"
-        )
     if already in _REALTIME:
         return SchedResult(
             "realtime_inherited",
             True,
-            "real time from the start (CPUSchedulingPolicy=, chrt): kept, RLIMIT_RTTIME"
-            f" {RTTIME_SOFT // 1000} ms",
+            "real time from the start (CPUSchedulingPolicy=, chrt): kept",
+        )
+    low, high = c.priority_range(os.SCHED_RR)
+    if not low <= priority <= high:
+        return SchedResult(
+            "realtime_refused", False, f"runtime.realtime_priority must be {low}..{high}"
         )
     try:
         c.set_scheduler(0, os.SCHED_RR | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
@@ -113,8 +91,5 @@ def enter_realtime(priority: int, calls: Syscalls | None = None) -> SchedResult 
     except OSError as exc:
         return SchedResult("realtime_refused", False, f"SCHED_RR priority {priority}: {exc}")
     return SchedResult(
-        "realtime_scheduling",
-        True,
-        f"loop thread SCHED_RR priority {priority}, reset on fork, RLIMIT_RTTIME"
-        f" {RTTIME_SOFT // 1000} ms",
+        "realtime_scheduling", True, f"loop thread SCHED_RR priority {priority}, reset on fork"
     )
