@@ -15,9 +15,10 @@ the data plane really reloads). Printed per kind:
   ``hapair status`` ("n/a" on a daemon that does not measure it).
 
 Kind ``none`` (not in the default list) runs the same pair and churn without a balancer: the
-host's noise floor, to tell a loaded machine from a loop that blocks.
+host's noise floor, to tell a loaded machine from a loop that blocks. ``--normal`` runs the
+loops at normal priority (``runtime.realtime_priority = 0``) instead of the default SCHED_RR.
 
-    sudo .venv/bin/python bench/churn.py [--seconds 60] [--kinds nat,dr,none] [--json]
+    sudo .venv/bin/python bench/churn.py [--seconds 60] [--kinds nat,dr,none] [--normal] [--json]
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ PROBE_INTERVAL: Final = 0.2
 FLAP_PERIOD: Final = 0.5  # down for half of it, up for the other half: twice a second
 RELOAD_PERIOD: Final = 0.5
 TABLE: Final = "lochurn"
+#: --normal: the loop thread at normal priority, as before real-time scheduling was the default.
+NORMAL: Final = "realtime_priority = 0"
 
 KINDS: Final = {
     "nat": ("nat", "masquerade = true\n", 8080),
@@ -146,10 +149,12 @@ weight = {r2_weight}
 """
 
 
-def write_configs(lab: Lab, kind: str, r2_weight: int) -> None:
+def write_configs(lab: Lab, kind: str, r2_weight: int, normal: bool = False) -> None:
     for node in ("a", "b"):
         path = lab.hapair.config_path(node)
         base = path.read_text().split("\n[balancer]")[0]
+        if normal and NORMAL not in base:
+            base = base.replace("\n\n[log]\n", f"\n{NORMAL}\n\n[log]\n", 1)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(base + balancer_toml(kind, r2_weight))
         os.replace(tmp, path)
@@ -195,9 +200,14 @@ def worst_lateness(status: dict[str, Any], key: str) -> float | None:
 
 
 def run_kind(
-    kind: str, seconds: float, index: int, keep: Path | None = None, rt: bool = False
+    kind: str,
+    seconds: float,
+    index: int,
+    keep: Path | None = None,
+    normal: bool = False,
+    prefix: str = "lo",
 ) -> Result:
-    lab = Lab(f"lo{os.getpid() % 1000}k{index}", timers=TIMERS)
+    lab = Lab(f"{prefix}{index}", timers=TIMERS)
     lab.up()
     try:
         engine_kind = KINDS[kind][0]
@@ -213,18 +223,9 @@ def run_kind(
         lab.exec("r1", ["nft", "add", "table", "inet", TABLE])
         lab.exec("r1", ["nft", "add", "chain", "inet", TABLE, "input",
                         "{ type filter hook input priority 0; }"])  # fmt: skip
-        write_configs(lab, kind, 1)
+        write_configs(lab, kind, 1, normal)
         lab.hapair.start("a")
         lab.hapair.start("b")
-        if rt:
-            # The loop's thread (the main one) under SCHED_RR, as keepalived runs VRRP: a
-            # loaded host then cannot keep it waiting behind other runnable processes. Not
-            # inherited (RESET_ON_FORK): the worker threads and the engines stay normal.
-            for node in ("a", "b"):
-                for pid in lab.hapair.pids(node):
-                    os.sched_setscheduler(
-                        pid, os.SCHED_RR | os.SCHED_RESET_ON_FORK, os.sched_param(10)
-                    )
         if not wait_until(lambda: lab.vip_holders() == ["a"], timeout=15):
             raise LabError(f"{kind}: a never became the only VIP holder")
         if engine_kind != "none" and not wait_until(lambda: pool_ready(lab), timeout=15):
@@ -244,7 +245,7 @@ def run_kind(
             nxt = time.monotonic()
             while not stop.is_set():
                 weight = 3 - weight
-                write_configs(lab, kind, weight)
+                write_configs(lab, kind, weight, normal)
                 for node in ("a", "b"):
                     reply = control(lab, node, "reload")
                     counts["reloads"] += 1
@@ -295,10 +296,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=",".join(k for k in KINDS if k != "none"),
         help="comma-separated; 'none' is the pair without a balancer (the host's noise floor)",
     )
+    parser.add_argument("--prefix", default="lo", help="the labs' name prefix (+ the kind's index)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep-logs", type=Path, help="copy the daemons' logs here")
     parser.add_argument(
-        "--rt", action="store_true", help="run the daemons' loop threads under SCHED_RR"
+        "--normal",
+        action="store_true",
+        help="runtime.realtime_priority = 0: the loop threads at normal priority",
     )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -315,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"balancer churn: {args.seconds:g} s at {TIMERS.interval * 1000:g} ms x "
         f"{TIMERS.dead_after}; r1 flaps every {FLAP_PERIOD:g} s, reload every {RELOAD_PERIOD:g} s;"
         f" target 0 role changes, gap <= {2 * TIMERS.interval * 1000:g} ms"
-        + ("; loop threads SCHED_RR" if args.rt else "")
+        + ("; loop threads at normal priority" if args.normal else "")
     )
     print(
         f"{'kind':<14} {'roles':>6} {'max gap ms':>12} {'late ms':>12} {'blocked ms':>10}"
@@ -324,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for i, kind in enumerate(kinds):
         try:
-            result = run_kind(kind, args.seconds, i, args.keep_logs, args.rt)
+            result = run_kind(kind, args.seconds, i, args.keep_logs, args.normal, args.prefix)
         except LabError as exc:
             print(f"{kind:<14} lab failed: {exc}")
             continue

@@ -239,6 +239,9 @@ class Runtime(Model):
     control_group: Annotated[str, PlainValidator(_check_group)] | None = None
     #: The admin group: also `handover`, `maintenance` and `reload` (root always may).
     control_admin_group: Annotated[str, PlainValidator(_check_group)] | None = None
+    #: SCHED_RR priority of the heartbeat loop's thread (keepalived's vrrp_rt_priority), so a
+    #: busy host cannot keep it waiting for a CPU; 0: normal scheduling (hapair/runtime/sched.py).
+    realtime_priority: Annotated[int, int_between(0, 99)] = 10
 
     def _problems(self) -> Problems:
         try:

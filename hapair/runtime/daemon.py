@@ -30,6 +30,7 @@ from hapair.ops.systemd import Notifier, status_line_from
 from hapair.runtime.clock import MonotonicClock
 from hapair.runtime.control import ControlServer
 from hapair.runtime.node import Node
+from hapair.runtime.sched import enter_realtime
 from hapair.runtime.state import (
     Loaded,
     PersistentState,
@@ -229,6 +230,12 @@ class Daemon:
                 # Threads beside the loop (the balancer's worker, reload validation) must not
                 # keep it waiting for the GIL for CPython's default 5 ms after each syscall.
                 sys.setswitchinterval(SWITCH_INTERVAL)
+                # Last, once start-up's long work is done: only this thread (the loop's) turns
+                # real time; the threads and children it starts later are reset to normal.
+                rt = enter_realtime(cfg.runtime.realtime_priority)
+                if rt is not None:
+                    log_rt = self.log.info if rt.realtime else self.log.warning
+                    log_rt(rt.event, detail=rt.detail)
                 self.notifier.ready(status_line_from(node.status()))
                 await node.run()
             finally:

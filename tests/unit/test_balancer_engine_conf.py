@@ -441,3 +441,14 @@ def test_children_prefers_the_kernels_list_of_each_task(tmp_path: Path) -> None:
         task.mkdir(parents=True)
         (task / "children").write_text(kids)
     assert children(10, tmp_path) == {11, 12, 14}
+
+
+def test_children_skips_a_task_that_vanished_instead_of_scanning_every_process(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "10" / "task" / "10").mkdir(parents=True)
+    (tmp_path / "10" / "task" / "10" / "children").write_text("11")
+    (tmp_path / "10" / "task" / "15").mkdir()  # exited: its children file is gone
+    (tmp_path / "99").mkdir()  # the scan would find this one
+    (tmp_path / "99" / "stat").write_text("99 (x) S 10 99 99 0 -1\n")
+    assert children(10, tmp_path) == {11}

@@ -375,6 +375,19 @@ def test_overlong_socket_path_rejected(tmp_path: Path) -> None:
     assert "at most 107" in message
 
 
+def test_the_loop_thread_is_real_time_by_default_and_zero_turns_it_off(tmp_path: Path) -> None:
+    assert load_text(tmp_path, MINIMAL).runtime.realtime_priority == 10
+    cfg = load_text(tmp_path, MINIMAL + "[runtime]\nrealtime_priority = 0\n")
+    assert cfg.runtime.realtime_priority == 0
+
+
+@pytest.mark.parametrize("priority", ["-1", "100", '"high"'])
+def test_a_realtime_priority_outside_0_to_99_is_refused(tmp_path: Path, priority: str) -> None:
+    text = MINIMAL + f"[runtime]\nrealtime_priority = {priority}\n"
+    [(path, _)] = problems_of(tmp_path, text)
+    assert path == "runtime.realtime_priority"
+
+
 # --- file and TOML errors --------------------------------------------------------------------
 
 
