@@ -106,6 +106,8 @@ def _flood(r: ChaosRunner, f: Fault, ex: Executed) -> Healer | None:
         return None
     argv = [sys.executable, "-m", FLOOD_TOOL, "--dst", LAN4[f.target], "--port", str(HB_PORT)]
     argv += ["--seconds", f"{f.duration + 5:.3f}", "--cluster", f"lab-{r.lab.prefix}"]
+    if r.flood_rate is not None:
+        argv += ["--rate", f"{r.flood_rate:.0f}"]
     if f.spoof:
         argv += ["--spoof-src", LAN4[PEER[f.target]]]
     key = f"chaos-flood-{f.index}"

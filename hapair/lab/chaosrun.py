@@ -10,12 +10,16 @@ SIGKILLed daemon logs nothing) and the samples go to the pure checker (`hapair.l
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from hapair.lab import shell
@@ -43,6 +47,13 @@ if TYPE_CHECKING:
     from hapair.lab.topology import Lab
 
 WATCH_STEP: Final = 0.02
+#: The chaos flood's rate: twice the issue's attack (about 250,000/s reproduced the false
+#: failovers; the flood bench's figure is at least that). Flat out (2.2 million/s here) the
+#: flood's softirq work and its sender take both of the VM's cores, which then measures the
+#: VM: the probe, the VIP monitors and both daemons wait for a CPU (bench/flood.py measures
+#: flat out on its own). None: flat out.
+FLOOD_RATE: Final = 500_000.0
+KEPT_SUFFIXES: Final = frozenset({".log", ".out", ".toml", ".json", ".jsonl"})
 PROBE_ROTATE: Final = 100.0
 # --balancer NAME: (kind, kind-specific [balancer] lines).
 BALANCER_TABLES: Final = {
@@ -82,6 +93,7 @@ class ChaosResult:
     t0: float
     duration: float
     notes: list[str] = field(default_factory=list)
+    flood_rate: float | None = FLOOD_RATE
 
     @property
     def ok(self) -> bool:
@@ -173,11 +185,13 @@ class ChaosRunner:
         bounds: Bounds,
         balancer: str,
         progress: bool = False,
+        flood_rate: float | None = FLOOD_RATE,
     ) -> None:
         self.lab, self.pair = lab, lab.hapair
         self.bed = NetnsBed(lab, lab.hapair)
         self.schedule, self.seed, self.minutes = schedule, seed, minutes
         self.bounds, self.balancer, self.progress = bounds, balancer, progress
+        self.flood_rate = flood_rate
         self.expected: set[str] = set(PEER)
         self.synthetic: list[Event] = []
         self.crashes: list[CrashObs] = []
@@ -290,6 +304,9 @@ class ChaosRunner:
             self._probe = None
 
     def _judge(self, executed: list[Executed], vips: list[VipObs], end: float) -> ChaosResult:
+        # Kept with the logs (--keep-logs): the checker's VIP input, to replay a verdict.
+        with (self.lab.dir / "chaos-vips.jsonl").open("w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(dataclasses.asdict(o)) + "\n" for o in vips)
         for node in PEER:
             text = self.pair.log_path(node).read_text(encoding="utf-8", errors="replace")
             self.crashes.extend(tracebacks(node, text))
@@ -331,4 +348,20 @@ class ChaosRunner:
             self.t0,
             end - self.t0,
             self.notes,
+            self.flood_rate,
         )
+
+
+def keep_logs(lab: Lab, dest: Path, report: dict[str, object]) -> list[Path]:
+    """Copy the lab's logs, configurations and VIP observations to `dest`, with the JSON report.
+
+    The lab's own directory goes with ``lab.down()``; a violation is explained by the daemon logs.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for path in sorted(lab.dir.iterdir()):
+        if path.is_file() and path.suffix in KEPT_SUFFIXES:
+            copied.append(Path(shutil.copy2(path, dest / path.name)))
+    out = dest / "chaos-report.json"
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return [*copied, out]
