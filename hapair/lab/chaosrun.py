@@ -10,6 +10,7 @@ SIGKILLed daemon logs nothing) and the samples go to the pure checker (`hapair.l
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -19,6 +20,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -122,6 +124,25 @@ def add_balancer(lab: Lab, kind: str) -> None:
         cfg.write_text(cfg.read_text(encoding="utf-8") + balancer_toml(kind), encoding="utf-8")
 
 
+def parse_monitor_line(node: str, line: str, vip: str, arrived: float) -> VipObs | None:
+    """Return the VIP change an ``ip -ts monitor address`` line reports (None: another one).
+
+    The time is the one `ip` stamped when it read the kernel's message (local time, in µs),
+    not when this process got round to the line: the two monitors' lines are read by two
+    threads of a Python process that shares the cores with the pair, which skewed the spans
+    of two holders by up to 2 ms each way. A line without a stamp is timed on arrival.
+    """
+    ts, text = arrived, line
+    if line.startswith("[") and "]" in line:
+        stamp, _, text = line[1:].partition("]")
+        with contextlib.suppress(ValueError):
+            ts = datetime.fromisoformat(stamp).timestamp()
+        text = text.lstrip()
+    if f" inet {vip}/" not in text or "eth0" not in text:
+        return None
+    return VipObs(ts, node, not text.startswith("Deleted"))
+
+
 class VipMonitor:
     """``ip monitor address`` in each node: VIP appearances and removals, stamped on arrival."""
 
@@ -137,8 +158,9 @@ class VipMonitor:
 
         for node in PEER:
             proc = self.lab.spawn(
-                f"chaos-vipmon-{node}", node, ["ip", "monitor", "address"], stdout=subprocess.PIPE
-            )
+                f"chaos-vipmon-{node}", node, ["ip", "-ts", "monitor", "address"],
+                stdout=subprocess.PIPE,
+            )  # fmt: skip
             thread = threading.Thread(target=self._read, args=(node, proc.popen, VIP4))
             thread.daemon = True
             thread.start()
@@ -156,11 +178,10 @@ class VipMonitor:
         stream = popen.stdout
         if stream is None:
             return
-        needle = f" inet {vip}/"
         for raw in iter(stream.readline, b""):
-            line = raw.decode(errors="replace")
-            if needle in line and "eth0" in line:
-                self.add(VipObs(time.time(), node, not line.startswith("Deleted")))
+            obs = parse_monitor_line(node, raw.decode(errors="replace"), vip, time.time())
+            if obs is not None:
+                self.add(obs)
 
     def stop(self) -> list[VipObs]:
         """Stop the monitors; return every observation, in time order."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,7 +28,7 @@ from hapair.lab.chaoscheck import (
 )
 from hapair.lab.chaosfaults import flood_argv, wipe_state
 from hapair.lab.chaosreport import format_report, replay_command, to_json
-from hapair.lab.chaosrun import FLOOD_RATE, ChaosResult, keep_logs
+from hapair.lab.chaosrun import FLOOD_RATE, ChaosResult, keep_logs, parse_monitor_line
 from hapair.lab.events import Event
 from hapair.lab.probe import Sample
 from hapair.lab.topology import Lab
@@ -313,3 +314,22 @@ def test_keep_logs_copies_the_logs_and_writes_the_report(tmp_path: Path) -> None
     names = sorted(p.name for p in kept)
     assert names == ["a.toml", "chaos-report.json", "chaos-vips.jsonl", "daemon-a.log"]
     assert json.loads((tmp_path / "out" / "chaos-report.json").read_text()) == {"ok": True}
+
+
+def test_vip_changes_are_timed_by_the_monitors_stamp() -> None:
+    vip = "10.77.0.50"
+    added = "[2026-12-04T19:25:43.229586] 2: eth0    inet 10.77.0.50/24 scope global eth0\n"
+    gone = "[2026-12-04T19:25:43.231011] Deleted 2: eth0    inet 10.77.0.50/24 scope global eth0"
+    a = parse_monitor_line("a", added, vip, arrived=9e9)
+    d = parse_monitor_line("a", gone, vip, arrived=9e9)
+    assert a is not None and d is not None
+    assert a.present and not d.present
+    assert round((d.ts - a.ts) * 1e6) == 1425  # the stamps, not the arrival
+    assert a.ts == datetime.fromisoformat("2026-12-04T19:25:43.229586").timestamp()
+    assert parse_monitor_line("a", "2: eth0    inet 10.77.0.50/24", vip, 5.0) == VipObs(
+        5.0, "a", True
+    )
+    assert parse_monitor_line("a", "[x] 2: eth0 inet 10.77.0.5/24", vip, 5.0) is None
+    assert parse_monitor_line("a", "[garbage] 2: eth0 inet 10.77.0.50/24", vip, 5.0) == VipObs(
+        5.0, "a", True
+    )
