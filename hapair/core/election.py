@@ -438,11 +438,13 @@ class Election:
         mine = self._my_rank()
         higher = [p for p in masters if rank(p.effective_priority, p.node) > mine]
         if self.resigning and masters:
-            # Make-before-break: the peer has the VIP now, so it is safe to drop ours.
+            # Make-before-break: the peer has the VIP now, so it is safe to drop ours. Dropped
+            # before the role change is reported (logged, hooks, metrics): until it is gone both
+            # nodes hold the address, and that overlap is one heartbeat's delivery plus this.
             reason = "shutdown" if self._shutting_down else "handover"
             self._resign_until = None
-            self._transition(Role.BACKUP, reason, now, out)
             out.append(ReleaseVips(reason))
+            self._transition(Role.BACKUP, reason, now, out)
             if self._shutting_down:
                 self._finish_shutdown(reason, out)
             else:
@@ -455,8 +457,9 @@ class Election:
             return
         if higher and not self.resigning:
             best = max(higher, key=lambda p: rank(p.effective_priority, p.node))
-            self._transition(Role.BACKUP, f"yield_to_{best.node}", now, out)
+            # The VIP first, as above: the higher master holds it already.
             out.append(ReleaseVips("another master outranks this node"))
+            self._transition(Role.BACKUP, f"yield_to_{best.node}", now, out)
             out.append(SendHeartbeat("yielded"))
             return
         for peer in masters:

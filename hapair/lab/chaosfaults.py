@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -104,10 +104,7 @@ def _flood(r: ChaosRunner, f: Fault, ex: Executed) -> Healer | None:
     if importlib.util.find_spec(FLOOD_TOOL) is None:
         ex.notes.append(f"flood tool missing ({FLOOD_TOOL}): skipped")
         return None
-    argv = [sys.executable, "-m", FLOOD_TOOL, "--dst", LAN4[f.target], "--port", str(HB_PORT)]
-    argv += ["--seconds", f"{f.duration + 5:.3f}", "--cluster", f"lab-{r.lab.prefix}"]
-    if f.spoof:
-        argv += ["--spoof-src", LAN4[PEER[f.target]]]
+    argv = flood_argv(f, LAN4, f"lab-{r.lab.prefix}", r.flood_rate)
     key = f"chaos-flood-{f.index}"
     out = r.lab.dir / f"{key}.out"
     with out.open("wb") as fh:
@@ -118,6 +115,20 @@ def _flood(r: ChaosRunner, f: Fault, ex: Executed) -> Healer | None:
         ex.notes.append(_flood_summary(out, rc))
 
     return heal
+
+
+def flood_argv(f: Fault, lan: Mapping[str, str], cluster: str, rate: float | None) -> list[str]:
+    """The flood sender's command line for `f` (host addresses from `lan`; rate None: flat out).
+
+    It runs 5 s longer than the fault: the heal stops it, so the flood lasts the whole hold.
+    """
+    argv = [sys.executable, "-m", FLOOD_TOOL, "--dst", lan[f.target], "--port", str(HB_PORT)]
+    argv += ["--seconds", f"{f.duration + 5:.3f}", "--cluster", cluster]
+    if rate is not None:
+        argv += ["--rate", f"{rate:.0f}"]
+    if f.spoof:
+        argv += ["--spoof-src", lan[PEER[f.target]]]
+    return argv
 
 
 def _flood_summary(out: Path, rc: int | None) -> str:

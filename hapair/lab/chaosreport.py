@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from hapair.config.duration import format_duration
 from hapair.lab.chaoscheck import INVARIANTS, Outcome
+from hapair.lab.chaosrun import FLOOD_RATE
 
 if TYPE_CHECKING:
     from hapair.lab.chaosrun import ChaosResult
@@ -22,6 +23,8 @@ def replay_command(r: ChaosResult, prefix: str, kinds: str) -> str:
         text += f" --faults {kinds}"
     if r.balancer != "nat":
         text += f" --balancer {r.balancer}"
+    if r.flood_rate != FLOOD_RATE:
+        text += f" --flood-rate {r.flood_rate or 0:.0f}"
     return text + f" --prefix {prefix}"
 
 
@@ -79,11 +82,13 @@ def to_json(r: ChaosResult, replay: str) -> dict[str, object]:
     return {
         "ok": r.ok,
         "seed": r.seed,
+        "t0": r.t0,
         "minutes": r.minutes,
         "interval_ms": r.interval * 1000,
         "dead_after": r.dead_after,
         "tolerance_ms": r.tolerance * 1000,
         "balancer": r.balancer,
+        "flood_rate": r.flood_rate,
         "replay": replay,
         "seconds": round(r.duration, 1),
         "planned": len(r.schedule),
@@ -104,7 +109,8 @@ def format_report(r: ChaosResult, replay: str) -> str:
     head = (
         f"chaos drill, seed {r.seed}: {r.duration:.0f} s at {format_duration(r.interval)} x "
         f"{r.dead_after} (dead time {dead * 1000:.0f} ms, tolerance {r.tolerance * 1000:.0f} ms), "
-        f"balancer {r.balancer}"
+        f"balancer {r.balancer}, flood "
+        + ("flat out" if r.flood_rate is None else f"{r.flood_rate:,.0f}/s")
     )
     lines = [head, f"replay: {replay}", ""]
     lines.append(

@@ -10,12 +10,18 @@ SIGKILLed daemon logs nothing) and the samples go to the pure checker (`hapair.l
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from hapair.lab import shell
@@ -43,6 +49,13 @@ if TYPE_CHECKING:
     from hapair.lab.topology import Lab
 
 WATCH_STEP: Final = 0.02
+#: The chaos flood's rate: twice the issue's attack (about 250,000/s reproduced the false
+#: failovers; the flood bench's figure is at least that). Flat out (2.2 million/s here) the
+#: flood's softirq work and its sender take both of the VM's cores, which then measures the
+#: VM: the probe, the VIP monitors and both daemons wait for a CPU (bench/flood.py measures
+#: flat out on its own). None: flat out.
+FLOOD_RATE: Final = 500_000.0
+KEPT_SUFFIXES: Final = frozenset({".log", ".out", ".toml", ".json", ".jsonl"})
 PROBE_ROTATE: Final = 100.0
 # --balancer NAME: (kind, kind-specific [balancer] lines).
 BALANCER_TABLES: Final = {
@@ -82,6 +95,7 @@ class ChaosResult:
     t0: float
     duration: float
     notes: list[str] = field(default_factory=list)
+    flood_rate: float | None = FLOOD_RATE
 
     @property
     def ok(self) -> bool:
@@ -110,6 +124,25 @@ def add_balancer(lab: Lab, kind: str) -> None:
         cfg.write_text(cfg.read_text(encoding="utf-8") + balancer_toml(kind), encoding="utf-8")
 
 
+def parse_monitor_line(node: str, line: str, vip: str, arrived: float) -> VipObs | None:
+    """Return the VIP change an ``ip -ts monitor address`` line reports (None: another one).
+
+    The time is the one `ip` stamped when it read the kernel's message (local time, in µs),
+    not when this process got round to the line: the two monitors' lines are read by two
+    threads of a Python process that shares the cores with the pair, which skewed the spans
+    of two holders by up to 2 ms each way. A line without a stamp is timed on arrival.
+    """
+    ts, text = arrived, line
+    if line.startswith("[") and "]" in line:
+        stamp, _, text = line[1:].partition("]")
+        with contextlib.suppress(ValueError):
+            ts = datetime.fromisoformat(stamp).timestamp()
+        text = text.lstrip()
+    if f" inet {vip}/" not in text or "eth0" not in text:
+        return None
+    return VipObs(ts, node, not text.startswith("Deleted"))
+
+
 class VipMonitor:
     """``ip monitor address`` in each node: VIP appearances and removals, stamped on arrival."""
 
@@ -125,8 +158,9 @@ class VipMonitor:
 
         for node in PEER:
             proc = self.lab.spawn(
-                f"chaos-vipmon-{node}", node, ["ip", "monitor", "address"], stdout=subprocess.PIPE
-            )
+                f"chaos-vipmon-{node}", node, ["ip", "-ts", "monitor", "address"],
+                stdout=subprocess.PIPE,
+            )  # fmt: skip
             thread = threading.Thread(target=self._read, args=(node, proc.popen, VIP4))
             thread.daemon = True
             thread.start()
@@ -144,11 +178,10 @@ class VipMonitor:
         stream = popen.stdout
         if stream is None:
             return
-        needle = f" inet {vip}/"
         for raw in iter(stream.readline, b""):
-            line = raw.decode(errors="replace")
-            if needle in line and "eth0" in line:
-                self.add(VipObs(time.time(), node, not line.startswith("Deleted")))
+            obs = parse_monitor_line(node, raw.decode(errors="replace"), vip, time.time())
+            if obs is not None:
+                self.add(obs)
 
     def stop(self) -> list[VipObs]:
         """Stop the monitors; return every observation, in time order."""
@@ -173,11 +206,13 @@ class ChaosRunner:
         bounds: Bounds,
         balancer: str,
         progress: bool = False,
+        flood_rate: float | None = FLOOD_RATE,
     ) -> None:
         self.lab, self.pair = lab, lab.hapair
         self.bed = NetnsBed(lab, lab.hapair)
         self.schedule, self.seed, self.minutes = schedule, seed, minutes
         self.bounds, self.balancer, self.progress = bounds, balancer, progress
+        self.flood_rate = flood_rate
         self.expected: set[str] = set(PEER)
         self.synthetic: list[Event] = []
         self.crashes: list[CrashObs] = []
@@ -290,6 +325,9 @@ class ChaosRunner:
             self._probe = None
 
     def _judge(self, executed: list[Executed], vips: list[VipObs], end: float) -> ChaosResult:
+        # Kept with the logs (--keep-logs): the checker's VIP input, to replay a verdict.
+        with (self.lab.dir / "chaos-vips.jsonl").open("w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(dataclasses.asdict(o)) + "\n" for o in vips)
         for node in PEER:
             text = self.pair.log_path(node).read_text(encoding="utf-8", errors="replace")
             self.crashes.extend(tracebacks(node, text))
@@ -331,4 +369,20 @@ class ChaosRunner:
             self.t0,
             end - self.t0,
             self.notes,
+            self.flood_rate,
         )
+
+
+def keep_logs(lab: Lab, dest: Path, report: dict[str, object]) -> list[Path]:
+    """Copy the lab's logs, configurations and VIP observations to `dest`, with the JSON report.
+
+    The lab's own directory goes with ``lab.down()``; a violation is explained by the daemon logs.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for path in sorted(lab.dir.iterdir()):
+        if path.is_file() and path.suffix in KEPT_SUFFIXES:
+            copied.append(Path(shutil.copy2(path, dest / path.name)))
+    out = dest / "chaos-report.json"
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return [*copied, out]

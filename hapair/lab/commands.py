@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from hapair.config.duration import parse_duration
@@ -179,7 +180,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     from hapair.lab.chaos import make_schedule, parse_kinds
     from hapair.lab.chaoscheck import Bounds
     from hapair.lab.chaosreport import format_report, replay_command, to_json
-    from hapair.lab.chaosrun import ChaosRunner, add_balancer
+    from hapair.lab.chaosrun import ChaosRunner, add_balancer, keep_logs
     from hapair.lab.shell import LabError
     from hapair.lab.topology import Lab, check_prefix
 
@@ -221,12 +222,16 @@ def cmd_chaos(args: argparse.Namespace) -> int:
             bounds=bounds,
             balancer=args.balancer,
             progress=args.verbose,
+            flood_rate=args.flood_rate or None,
         )
         result = runner.run()
     except BaseException:
         lab.down()
         raise
     replay = replay_command(result, args.prefix, args.faults)
+    if args.keep_logs is not None:
+        kept = keep_logs(lab, args.keep_logs, to_json(result, replay))
+        print(f"chaos: {len(kept)} files kept in {args.keep_logs}", file=sys.stderr)
     if args.json:
         print(json.dumps(to_json(result, replay), indent=2))
     else:
@@ -240,7 +245,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
 
 def chaos_args(p: argparse.ArgumentParser) -> None:
     """Add the options of ``hapair lab chaos``."""
-    from hapair.lab.chaosrun import BALANCERS
+    from hapair.lab.chaosrun import BALANCERS, FLOOD_RATE
 
     p.add_argument("--minutes", type=float, default=10.0, help="how long to run (default 10)")
     p.add_argument("--seed", type=int, help="schedule seed (default: a random one, printed)")
@@ -260,8 +265,21 @@ def chaos_args(p: argparse.ArgumentParser) -> None:
         default="nat",
         help="balancer on both nodes: nat, proxy on nginx or on haproxy, or none (nat)",
     )
+    p.add_argument(
+        "--flood-rate",
+        type=float,
+        default=FLOOD_RATE,
+        metavar="N",
+        help=f"flood datagrams per second ({FLOOD_RATE:.0f}; 0: flat out)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    p.add_argument(
+        "--keep-logs",
+        type=Path,
+        metavar="DIR",
+        help="copy the daemon logs, configurations and the JSON report to DIR",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log each fault to stderr")
     p.add_argument("--prefix", default=CHAOS_PREFIX, help=f"name prefix ({CHAOS_PREFIX})")
     p.set_defaults(func=cmd_chaos)

@@ -106,6 +106,19 @@ def _netlink(
     return retrying(call, *args, **kwargs)
 
 
+def _netlink_now(call: Callable[..., _T], *args: Any, attempts: int = RETRY_ATTEMPTS) -> _T:
+    """Run one netlink call on the caller's thread (the heartbeat loop: add and remove are on
+    the takeover path), retrying a transient errno at once: a retry sleep there would block
+    every timer of the loop (tenacity's waits are for the netlink thread's calls)."""
+    for _ in range(attempts - 1):
+        try:
+            return call(*args)
+        except Exception as exc:
+            if not _is_transient(exc):
+                raise
+    return call(*args)
+
+
 def _mac_bytes(text: object) -> bytes:
     """'aa:bb:cc:dd:ee:ff' -> 6 bytes."""
     if not isinstance(text, str):
@@ -212,10 +225,9 @@ class VipManager:
         # "dadfailed" and unusable instead of letting the NA settle it.
         flags = IFA_F_NODAD if vip.family == 6 else 0
         try:
-            _netlink(
-                self._addr.add, index, vip.af, str(vip.ip), vip.address.network.prefixlen,
-                flags, budget=self._budget,
-            )  # fmt: skip
+            _netlink_now(
+                self._addr.add, index, vip.af, str(vip.ip), vip.address.network.prefixlen, flags
+            )
         except Exception as exc:
             if _errno_of(exc) == errno.EEXIST:
                 return False
@@ -228,10 +240,9 @@ class VipManager:
         if index is None:
             return False  # no interface, no address: clean-up after a crash must not fail
         try:
-            _netlink(
-                self._addr.delete, index, vip.af, str(vip.ip), vip.address.network.prefixlen,
-                budget=self._budget,
-            )  # fmt: skip
+            _netlink_now(
+                self._addr.delete, index, vip.af, str(vip.ip), vip.address.network.prefixlen
+            )
         except Exception as exc:
             if _errno_of(exc) in _ABSENT_ON_DELETE:
                 return False

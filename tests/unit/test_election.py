@@ -449,6 +449,28 @@ def test_preempt_off_keeps_a_lower_master() -> None:
     assert e.role is Role.BACKUP
 
 
+def _kinds(actions: list[object]) -> list[type]:
+    return [type(a) for a in actions if isinstance(a, ReleaseVips | RoleChanged)]
+
+
+def test_a_resigning_master_drops_the_vip_before_it_reports_the_role_change() -> None:
+    # The peer already holds the VIP when it is heard as MASTER: until ours is removed both
+    # nodes hold it, so the removal does not wait behind the role change's log line and hooks.
+    e = in_role(Role.MASTER)
+    e.handle(heard(role=Role.BACKUP, prio=100), 5.0)
+    e.handle(ShutdownRequested(), 5.0)
+    actions = e.handle(heard(role=Role.MASTER, prio=100), 5.01)
+    assert _kinds(actions) == [ReleaseVips, RoleChanged]
+    assert isinstance(actions[-1], Stopped)
+
+
+def test_a_yielding_master_drops_the_vip_before_it_reports_the_role_change() -> None:
+    e = in_role(Role.MASTER)
+    actions = e.handle(heard(role=Role.MASTER, prio=200), 5.01)
+    assert _kinds(actions) == [ReleaseVips, RoleChanged]
+    assert e.role is Role.BACKUP
+
+
 def test_fault_during_a_handover_ends_the_resignation_and_its_deadline() -> None:
     e = in_role(Role.MASTER)
     e.handle(heard(role=Role.BACKUP, prio=100), 5.0)

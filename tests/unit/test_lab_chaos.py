@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hapair.lab.chaos import DISRUPTIVE, KINDS, make_schedule, parse_kinds
+from hapair.lab.chaos import DISRUPTIVE, KINDS, Fault, make_schedule, parse_kinds
 from hapair.lab.chaoscheck import (
     Bounds,
     CrashObs,
@@ -23,7 +26,9 @@ from hapair.lab.chaoscheck import (
     roles_from_events,
     tracebacks,
 )
-from hapair.lab.chaosfaults import wipe_state
+from hapair.lab.chaosfaults import flood_argv, wipe_state
+from hapair.lab.chaosreport import format_report, replay_command, to_json
+from hapair.lab.chaosrun import FLOOD_RATE, ChaosResult, keep_logs, parse_monitor_line
 from hapair.lab.events import Event
 from hapair.lab.probe import Sample
 from hapair.lab.topology import Lab
@@ -267,3 +272,64 @@ def test_wipe_deletes_the_state_file_and_the_state_dirs_contents(tmp_path: Path)
     assert str(state_dir / "lab-chw-a.state") in gone
     assert (tmp_path / "b").is_dir() and lab.hapair.config_path("a").exists()
     assert wipe_state(lab.hapair.config_path("a")) == ["nothing (no state there)"]
+
+
+# ---------------------------------------------------------------- flood, report, logs -------
+
+
+def _result(flood_rate: float | None) -> ChaosResult:
+    schedule = make_schedule(1, 1.0, interval=0.05, dead_after=3)
+    return ChaosResult(
+        1, 1.0, 0.05, 3, 0.05, "nat", schedule, [], Verdict(), 100.0, 60.0, [], flood_rate
+    )
+
+
+def test_the_flood_runs_at_the_chosen_rate_or_flat_out() -> None:
+    lan = {"a": "10.77.0.11", "b": "10.77.0.12"}
+    spoofed = Fault(3, "flood", "b", 1.0, 2.0, 1.0, spoof=True)
+    argv = flood_argv(spoofed, lan, "lab-hpc", FLOOD_RATE)
+    assert argv[argv.index("--rate") + 1] == f"{FLOOD_RATE:.0f}"
+    assert argv[argv.index("--dst") + 1] == "10.77.0.12"
+    assert argv[argv.index("--spoof-src") + 1] == "10.77.0.11"
+    assert "--rate" not in flood_argv(Fault(3, "flood", "a", 1.0, 2.0, 1.0), lan, "c", None)
+    assert FLOOD_RATE >= 250_000  # at least the attack
+
+
+def test_the_report_and_its_replay_name_the_flood_rate() -> None:
+    default, flat = _result(FLOOD_RATE), _result(None)
+    assert "--flood-rate" not in replay_command(default, "hpc", "all")
+    assert "--flood-rate 0" in replay_command(flat, "hpc", "all")
+    assert "flood 500,000/s" in format_report(default, "x").splitlines()[0]
+    assert "flood flat out" in format_report(flat, "x").splitlines()[0]
+    assert to_json(default, "x")["flood_rate"] == FLOOD_RATE
+
+
+def test_keep_logs_copies_the_logs_and_writes_the_report(tmp_path: Path) -> None:
+    lab_dir = tmp_path / "lab"
+    lab_dir.mkdir()
+    for name in ("daemon-a.log", "a.toml", "chaos-vips.jsonl", "secret.key"):
+        (lab_dir / name).write_text(name, encoding="utf-8")
+    (lab_dir / "a.lib").mkdir()
+    kept = keep_logs(SimpleNamespace(dir=lab_dir), tmp_path / "out", {"ok": True})  # type: ignore[arg-type]
+    names = sorted(p.name for p in kept)
+    assert names == ["a.toml", "chaos-report.json", "chaos-vips.jsonl", "daemon-a.log"]
+    assert json.loads((tmp_path / "out" / "chaos-report.json").read_text()) == {"ok": True}
+
+
+def test_vip_changes_are_timed_by_the_monitors_stamp() -> None:
+    vip = "10.77.0.50"
+    added = "[2026-12-04T19:25:43.229586] 2: eth0    inet 10.77.0.50/24 scope global eth0\n"
+    gone = "[2026-12-04T19:25:43.231011] Deleted 2: eth0    inet 10.77.0.50/24 scope global eth0"
+    a = parse_monitor_line("a", added, vip, arrived=9e9)
+    d = parse_monitor_line("a", gone, vip, arrived=9e9)
+    assert a is not None and d is not None
+    assert a.present and not d.present
+    assert round((d.ts - a.ts) * 1e6) == 1425  # the stamps, not the arrival
+    assert a.ts == datetime.fromisoformat("2026-12-04T19:25:43.229586").timestamp()
+    assert parse_monitor_line("a", "2: eth0    inet 10.77.0.50/24", vip, 5.0) == VipObs(
+        5.0, "a", True
+    )
+    assert parse_monitor_line("a", "[x] 2: eth0 inet 10.77.0.5/24", vip, 5.0) is None
+    assert parse_monitor_line("a", "[garbage] 2: eth0 inet 10.77.0.50/24", vip, 5.0) == VipObs(
+        5.0, "a", True
+    )
