@@ -84,7 +84,7 @@ def interface_addresses(ifname: str) -> list[tuple[IPAddress, int]]:
 
 
 def _dump_addresses(ifname: str) -> list[tuple[IPAddress, int]]:
-    from pyroute2 import IPRoute
+    from pyroute2.iproute.linux import IPRoute  # not pyroute2's top level: see hapair.net
 
     out: list[tuple[IPAddress, int]] = []
     with IPRoute() as ipr:
