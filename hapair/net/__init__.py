@@ -74,9 +74,13 @@ def light_pyroute2() -> None:
     sys.modules["pyroute2"] = module
     try:
         importlib.import_module(_FIRST)
-    except BaseException:
-        del sys.modules["pyroute2"]
-        raise
+    except Exception:
+        # A pyroute2 whose modules no longer import this way (a later release): forget the
+        # half-imported light package and load the whole one, as if this function had not
+        # run. Memory is the only thing at stake; the daemon must still start.
+        for name in [n for n in sys.modules if n == "pyroute2" or n.startswith("pyroute2.")]:
+            del sys.modules[name]
+        importlib.import_module("pyroute2")
 
 
 def full_pyroute2() -> bool:

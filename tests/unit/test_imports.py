@@ -102,6 +102,25 @@ def test_light_pyroute2_is_a_no_op_after_the_full_import() -> None:
     assert got["extra"] == [True, False]
 
 
+def test_a_pyroute2_that_cannot_be_loaded_lightly_is_loaded_whole() -> None:
+    """A later pyroute2 whose submodules fail to import this way: the daemon still starts."""
+    got = _loaded(
+        "import importlib, hapair\n"
+        "real = importlib.import_module\n"
+        "def broken(name, *a, **k):\n"
+        "    if name == 'pyroute2.iproute' and 'pyroute2' in sys.modules \\\n"
+        "            and '__getattr__' in vars(sys.modules['pyroute2']):\n"
+        "        raise ImportError('a layout this code does not know')\n"
+        "    return real(name, *a, **k)\n"
+        "importlib.import_module = broken\n"
+        "import hapair.net\n"
+        "importlib.import_module = real\n"
+        "from pyroute2.iproute.linux import IPRoute\n"
+        "extra = [hapair.net.full_pyroute2(), '__getattr__' in vars(sys.modules['pyroute2'])]"
+    )
+    assert got["extra"] == [True, False]
+
+
 def test_version_loads_neither_asyncio_nor_a_heavy_dependency() -> None:
     got = _loaded(
         "import contextlib, io\n"
