@@ -343,10 +343,17 @@ def _outcome(
             result.client_outage = max(result.client_outage, o.duration)
         if o.end <= heal or o.start >= until:
             continue
-        late = o.end - max(heal, o.start)
+        # Charged up to the next fault only: a probe in flight when the next fault hits starts
+        # that fault's outage a few ms before it, and is not this fault's to answer for.
+        late = min(o.end, until) - max(heal, o.start)
         result.client_after_heal = max(result.client_after_heal, late)
         if late > client_limit:
-            what = "answered again" if o.recovered else "still not answered when the probe ended"
+            if o.end > until:
+                what = "not answered before the next fault"
+            elif o.recovered:
+                what = "answered again"
+            else:
+                what = "still not answered when the probe ended"
             detail = f"{o.lost} probes lost; {what} {late * 1000:.0f} ms after the heal"
             verdict.violations.append(
                 Violation("client", max(heal, o.start), late, f.index, detail)

@@ -207,6 +207,25 @@ def test_an_outage_starting_after_the_heal_is_timed_from_its_start() -> None:
     assert broken(run(lost=[(15.0, 15.4)])) == ["client"]
 
 
+def test_an_outage_the_next_fault_causes_is_not_charged_to_the_one_before() -> None:
+    # A crash of the master at 15 s: the probe sent 10 ms before it is lost, and the client is
+    # answered again after the dead time. That outage is the crash's (judged after its heal).
+    second = FaultWindow(1, "crash", 15.0, 15.5, True, (("a", 15.0, 15.5),))
+    roles = [RoleObs(0.0, "a", "MASTER"), RoleObs(0.0, "b", "BACKUP")]
+    roles += [RoleObs(15.18, "b", "MASTER"), RoleObs(15.5, "a", "BACKUP")]
+    vips = [VipObs(0.0, "a", True), VipObs(15.18, "b", True), VipObs(15.5, "a", False)]
+    args = {"roles": roles, "vips": vips, "crashes": [], "bounds": BOUNDS, "start": START}
+    args["end"] = END
+    first = FaultWindow(0, "flap", 10.0, HEAL, False)
+    verdict = check(probes=[probes([(14.985, 15.19)])], faults=[first, second], **args)
+    assert broken(verdict) == []
+    assert verdict.outcomes[0].client_after_heal == pytest.approx(0.01, abs=0.001)
+    # Still charged when the client was not answered for too long before the next fault.
+    verdict = check(probes=[probes([(14.7, 15.19)])], faults=[first, second], **args)
+    assert broken(verdict) == ["client"]
+    assert "before the next fault" in verdict.violations[0].detail
+
+
 def test_a_late_answer_counts_as_lost() -> None:
     samples = [Sample(0, 0.0, 0.001, "a"), Sample(1, 0.01, 0.9, "a"), Sample(2, 0.02, 0.021, "a")]
     assert on_time(samples, 0.2) == [samples[0], Sample(1, 0.01), samples[2]]
