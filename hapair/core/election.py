@@ -154,6 +154,11 @@ class Election:
         """True while a planned handover or shutdown waits for the peer to take over."""
         return self._resign_until is not None
 
+    @property
+    def shutting_down(self) -> bool:
+        """True once a shutdown was requested (the node resigns, then stops)."""
+        return self._shutting_down
+
     def alive_peers(self) -> list[PeerState]:
         """Peers heard within their dead interval."""
         return [p for p in self.peers.values() if p.alive]
