@@ -120,6 +120,10 @@ def rank(priority: int, node: str) -> tuple[int, bytes]:
     return (priority, node.encode())
 
 
+def _peer_rank(peer: PeerState) -> tuple[int, bytes]:
+    return rank(peer.effective_priority, peer.node)
+
+
 class Election:
     """One node's view of the election."""
 
@@ -409,7 +413,7 @@ class Election:
             return
         masters = self._live_masters()
         if masters:
-            best = max(masters, key=lambda p: rank(p.effective_priority, p.node))
+            best = masters[0] if len(masters) == 1 else max(masters, key=_peer_rank)
             wins = self._my_rank() > rank(best.effective_priority, best.node)
             if self.settings.preempt and not self._suppress_preempt and wins:
                 if self._preempt_since is None:
@@ -459,7 +463,7 @@ class Election:
             out.append(SendHeartbeat("maintenance", resigning=True))
             return
         if higher and not self.resigning:
-            best = max(higher, key=lambda p: rank(p.effective_priority, p.node))
+            best = max(higher, key=_peer_rank)
             self._transition(Role.BACKUP, f"yield_to_{best.node}", now, out)
             out.append(ReleaseVips("another master outranks this node"))
             out.append(SendHeartbeat("yielded"))

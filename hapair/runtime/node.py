@@ -74,6 +74,10 @@ from hapair.wire.heartbeat import cluster_id
 LAZY_MAX_DATAGRAMS: Final = 8
 
 
+#: Tick carries nothing: one instance serves every step.
+_TICK: Final = Tick()
+
+
 def late_threshold(cfg: Config) -> float:
     """A wake this late is logged (once) and counted: 10 ms, or half an interval if shorter."""
     return min(DEFAULT_THRESHOLD, cfg.cluster.interval / 2)
@@ -355,6 +359,10 @@ class Node:
         one interval later; any earlier wake (an ARP conflict, a netlink event, a signal)
         reads them first, as every step does. A BACKUP (or any other role) reads them on
         arrival, so its dead timer runs from the arrival: failover is not delayed.
+
+        A drain that found nothing (the peer is down, restarting, or its packets are lost)
+        makes it read on arrival again: a restarted peer's first packet is answered at once,
+        so the new run's handshake takes no longer than before.
         """
         e = self.election
         return (
@@ -362,7 +370,7 @@ class Node:
             and not e.resigning
             and not e.shutting_down
             and not e.maintenance
-            and self._drained <= LAZY_MAX_DATAGRAMS
+            and 1 <= self._drained <= LAZY_MAX_DATAGRAMS
             and self.heartbeats.steady()
         )
 
@@ -416,7 +424,7 @@ class Node:
         pending, self._pending = self._pending, []
         for event in pending:
             self._handle(event, now)
-        self._handle(Tick(), now)
+        self._handle(_TICK, now)
         self._answer_conflict(now)
         self.holder.run_announcements()
         self._start_due_probes(now)
