@@ -217,6 +217,7 @@ class Node:
         b = self.io.balancer
         pool = (b.specs, b.board.healthy()) if b is not None else None
         self.ops.reconfigured((str(v.address) for v in self.vips), pool)
+        self.wake()  # a step now: the new timers' deadlines
 
     def set_maintenance(self, on: bool) -> tuple[str | None, asyncio.Future[WriteResult]]:
         """Turn maintenance on (hand over, then stay BACKUP) or off; kept across reboots.
@@ -231,6 +232,7 @@ class Node:
         actions = self.election.handle(MaintenanceChanged(on), self.clock.now())
         self.log.info("maintenance_changed", on=on, role=self.election.role.name)
         self._perform(actions)
+        self.wake()  # a step now: deadlines moved, and a resigning MASTER reads on arrival
         refused = [a for a in actions if isinstance(a, HandoverRefused)]
         return (refused[0].reason if refused else None), durable
 
@@ -238,6 +240,7 @@ class Node:
         """Run a handover request now; return the refusal reason, or None if it started."""
         actions = self.election.handle(HandoverRequested(), self.clock.now())
         self._perform(actions)
+        self.wake()  # a step now: a resigning MASTER reads its peer's heartbeats on arrival
         refused = [a for a in actions if isinstance(a, HandoverRefused)]
         return refused[0].reason if refused else None
 
