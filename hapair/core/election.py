@@ -120,6 +120,10 @@ def rank(priority: int, node: str) -> tuple[int, bytes]:
     return (priority, node.encode())
 
 
+def _peer_rank(peer: PeerState) -> tuple[int, bytes]:
+    return rank(peer.effective_priority, peer.node)
+
+
 class Election:
     """One node's view of the election."""
 
@@ -153,6 +157,11 @@ class Election:
     def resigning(self) -> bool:
         """True while a planned handover or shutdown waits for the peer to take over."""
         return self._resign_until is not None
+
+    @property
+    def shutting_down(self) -> bool:
+        """True once a shutdown was requested (the node resigns, then stops)."""
+        return self._shutting_down
 
     def alive_peers(self) -> list[PeerState]:
         """Peers heard within their dead interval."""
@@ -404,7 +413,7 @@ class Election:
             return
         masters = self._live_masters()
         if masters:
-            best = max(masters, key=lambda p: rank(p.effective_priority, p.node))
+            best = masters[0] if len(masters) == 1 else max(masters, key=_peer_rank)
             wins = self._my_rank() > rank(best.effective_priority, best.node)
             if self.settings.preempt and not self._suppress_preempt and wins:
                 if self._preempt_since is None:
@@ -456,7 +465,7 @@ class Election:
             out.append(SendHeartbeat("maintenance", resigning=True))
             return
         if higher and not self.resigning:
-            best = max(higher, key=lambda p: rank(p.effective_priority, p.node))
+            best = max(higher, key=_peer_rank)
             # The VIP first, as above: the higher master holds it already.
             out.append(ReleaseVips("another master outranks this node"))
             self._transition(Role.BACKUP, f"yield_to_{best.node}", now, out)

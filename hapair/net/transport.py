@@ -82,10 +82,15 @@ class _Socket:
     local: IPAddress
     sock: socket.socket
     peers: list[IPAddress] = field(default_factory=list)
+    #: The link's name and each peer's socket address, made once (str() of an address
+    #: costs microseconds, and the loop needs them at every send and receive).
+    name: str = field(init=False)
+    addresses: list[tuple[str, int]] = field(init=False)
+    port: int = 0
 
-    @property
-    def name(self) -> str:
-        return ",".join(str(p) for p in self.peers)
+    def __post_init__(self) -> None:
+        self.name = ",".join(str(p) for p in self.peers)
+        self.addresses = [(str(p), self.port) for p in self.peers]
 
 
 class UdpTransport:
@@ -194,7 +199,7 @@ class UdpTransport:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
-            entry = _Socket(local, sock, peers)
+            entry = _Socket(local, sock, peers, port=self.port)
             # Before bind: no unfiltered datagram is ever queued.
             self._attach(entry)
             try:  # above net.core.rmem_max needs CAP_NET_ADMIN (the daemon has it)
@@ -276,9 +281,9 @@ class UdpTransport:
             self._open_pending(strict=False)
         sent = 0
         for entry in list(self._socks.values()):
-            for peer in entry.peers:
+            for address in entry.addresses:
                 try:
-                    entry.sock.sendto(data, (str(peer), self.port))
+                    entry.sock.sendto(data, address)
                     sent += 1
                 except OSError as exc:
                     # A down link (ENETUNREACH, EHOSTUNREACH) is what redundant links are for.

@@ -18,9 +18,11 @@ from hapair.wire.heartbeat import (
     Heartbeat,
     Rejected,
     RejectReason,
+    StaticFields,
     decode,
-    encode,
+    encode_checked,
     filter_token,
+    static_fields,
 )
 from hapair.wire.rejects import RejectCounter
 
@@ -98,6 +100,12 @@ class Heartbeats:
         self._tokens_seen = (-1, False)
         self._prompt = False
         self._last_prompt: float | None = None
+        #: (datagram, node, key) of the newest accepted heartbeat: its copy from the other
+        #: link is known without a second decode and HMAC.
+        self._newest: tuple[bytes, str, bytes] | None = None
+        #: The last Outgoing validated (as a Heartbeat) and its packed form.
+        self._checked: tuple[Outgoing, StaticFields] | None = None
+        self._node_raw = node.encode("utf-8")
         #: Called with the new filter tokens whenever they change (the transport's filter).
         self.on_tokens: Callable[[tuple[bytes, ...]], None] | None = None
 
@@ -122,6 +130,14 @@ class Heartbeats:
         return out
 
     def _judge(self, data: bytes, source: str) -> PeerHeard | LinkCopy | None:
+        newest = self._newest
+        if newest is not None and data == newest[0] and self.key is newest[2]:
+            # Byte for byte the newest accepted heartbeat: decoding it again could only say
+            # SAME (its run's mark is its seq until the next accepted one replaces `newest`).
+            node = newest[1]
+            if self._accepted_on.get(node) != source:
+                return LinkCopy(node, source)
+            raise Rejected(RejectReason.REPLAY, f"{node} newest heartbeat again from {source}")
         hb = decode(data, self.key, self.cluster)
         if hb.node == self.node:
             raise Rejected(RejectReason.SELF, f"from {source}")
@@ -137,6 +153,7 @@ class Heartbeats:
         if reason is not None:
             raise Rejected(reason, f"{hb.node} run {hb.run:016x} seq {hb.seq} from {source}")
         self._accepted_on[hb.node] = source
+        self._newest = (data, hb.node, self.key)
         if verdict is Verdict.NEW_RUN:
             self.log.info("peer_run_accepted", peer=hb.node, run=f"{hb.run:016x}", link=source)
         return PeerHeard(
@@ -186,25 +203,39 @@ class Heartbeats:
     def packet(self, out: Outgoing) -> bytes:
         """The next signed heartbeat (seq + 1), carrying our challenge and the echo."""
         self.seq += 1
-        hb = Heartbeat(
-            cluster_id=self.cluster,
-            node=self.node,
-            role=out.role,
-            base_priority=out.base_priority,
-            effective_priority=out.effective_priority,
-            resigning=out.resigning,
-            term=out.term,
-            run=self.run,
-            seq=self.seq,
-            challenge=self.freshness.challenge,
-            echo=self.freshness.echo,
-            interval_ms=max(1, out.interval_ms),
-            vip_digest=out.vip_digest,
-            maintenance=out.maintenance,
-        )
+        f = self.freshness
+        checked = self._checked
+        if checked is None or checked[0] != out:
+            # What the election says changed (or this is the first packet): check it all
+            # once, as a Heartbeat; in between only seq, challenge and echo move.
+            hb = Heartbeat(
+                cluster_id=self.cluster,
+                node=self.node,
+                role=out.role,
+                base_priority=out.base_priority,
+                effective_priority=out.effective_priority,
+                resigning=out.resigning,
+                term=out.term,
+                run=self.run,
+                seq=self.seq,
+                challenge=f.challenge,
+                echo=f.echo,
+                interval_ms=max(1, out.interval_ms),
+                vip_digest=out.vip_digest,
+                maintenance=out.maintenance,
+            )
+            checked = self._checked = (out, static_fields(hb))
         if self.observer is not None:
             self.observer.heartbeat_sent()
-        return encode(hb, self.key)
+        return encode_checked(
+            self.key, self.cluster, self._node_raw, checked[1], self.run, self.seq,
+            f.challenge, f.echo,
+        )  # fmt: skip
+
+    def steady(self) -> bool:
+        """True while nothing in the handshake waits: a peer run is accepted and no prompt
+        reply is due (then the peer's packets can wait for our own next tick)."""
+        return not self._prompt and self.freshness.any_accepted()
 
     # -- the kernel filter's tokens ------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from ipaddress import IPv4Address
-from typing import Any
+from typing import Any, Final
 
 from hapair.balancer.health import HealthChange
 from hapair.config.model import Config, InterfaceTrack
@@ -43,6 +43,7 @@ from hapair.core.roles import Role
 from hapair.errors import BalancerError
 from hapair.log import get_logger
 from hapair.net.tracking import Check, build_checks, run_probe
+from hapair.net.vip import Vip
 from hapair.net.watch import (
     AddressRemoved,
     CarrierChanged,
@@ -50,7 +51,7 @@ from hapair.net.watch import (
 )
 from hapair.ops.hooks import HookRunner
 from hapair.runtime.balancing import BalancerDriver
-from hapair.runtime.clock import Clock, CpuWait
+from hapair.runtime.clock import Clock, CpuWait, MonotonicClock
 from hapair.runtime.conflicts import ConflictResponder
 from hapair.runtime.heartbeats import Heartbeats, LinkCopy, Outgoing
 from hapair.runtime.lateness import DEFAULT_THRESHOLD, LatenessMeter
@@ -66,6 +67,15 @@ from hapair.runtime.wiring import (
     vips_of,
 )
 from hapair.wire.heartbeat import cluster_id
+
+#: A lazy MASTER (see `Node._lazy`) reads its peer's heartbeats at its own ticks only while
+#: a drain finds at most this many datagrams: a flood (forged sources before the filter
+#: tokens are in) is read on arrival again, as fast as before.
+LAZY_MAX_DATAGRAMS: Final = 8
+
+
+#: Tick carries nothing: one instance serves every step.
+_TICK: Final = Tick()
 
 
 def late_threshold(cfg: Config) -> float:
@@ -103,7 +113,20 @@ class Node:
         self.checks: list[Check] = build_checks(cfg.track, now)
         self.carrier: dict[str, bool] = {}
         self.started_wall = time.time()
-        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._finished: asyncio.Future[None] | None = None
+        #: The step scheduled by a wake (None: none pending) and the deadline's timer.
+        self._scheduled: asyncio.Handle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._hb_fds: list[int] = []
+        self._hb_watched = False
+        self._full_wake = True  # the next step is a full one (see `step`)
+        self._drained = 0  # datagrams read by the last step
+        self._woke = self._deadline = self._waited = 0.0
+        self._cpu: CpuWait | None = None
+        self._held_key: frozenset[Vip] = frozenset()
+        self._held_names: tuple[str, ...] = ()
         # Discovery may have news from before this node existed: look at the first step.
         self._readable: set[str] = {"discovery"} if io.discovery is not None else set()
         self._pending: list[Event] = []
@@ -117,7 +140,7 @@ class Node:
                 self.log,
                 on_change=self._backend_changed,
                 on_failure=self._balancer_failed,
-                wake=self._wake.set,
+                wake=self.wake,
                 tasks=self._probe_tasks,
                 metrics=io.metrics,
                 on_started=self._balancer_started,
@@ -148,11 +171,18 @@ class Node:
     def post(self, event: Event) -> None:
         """Queue an event for the next step (signal handlers, control socket)."""
         self._pending.append(event)
-        self._wake.set()
+        self.wake()
 
     def wake(self) -> None:
-        """Reader callback: something is readable."""
-        self._wake.set()
+        """Run a step soon (a reader callback, a posted event); wakes coalesce into one."""
+        self._full_wake = True
+        if self._scheduled is None and self._loop is not None:
+            self._scheduled = self._loop.call_soon(self._on_wake)
+
+    def _heartbeats_ready(self) -> None:
+        """Reader callback of the heartbeat sockets (see `step`'s ``heartbeats_only``)."""
+        if self._scheduled is None and self._loop is not None:
+            self._scheduled = self._loop.call_soon(self._on_wake)
 
     def discovery_arrived(self) -> None:
         """Discovery has news (called on the loop, from zeroconf's thread via the daemon)."""
@@ -161,7 +191,7 @@ class Node:
     def _ready(self, source: str) -> None:
         """Reader callback for netlink and ARP: remember which, then wake the loop."""
         self._readable.add(source)
-        self._wake.set()
+        self.wake()
 
     def reconfigure(self, cfg: Config) -> None:
         """Adopt a validated new configuration (same node, cluster, port and VIPs)."""
@@ -187,6 +217,7 @@ class Node:
         b = self.io.balancer
         pool = (b.specs, b.board.healthy()) if b is not None else None
         self.ops.reconfigured((str(v.address) for v in self.vips), pool)
+        self.wake()  # a step now: the new timers' deadlines
 
     def set_maintenance(self, on: bool) -> tuple[str | None, asyncio.Future[WriteResult]]:
         """Turn maintenance on (hand over, then stay BACKUP) or off; kept across reboots.
@@ -201,6 +232,7 @@ class Node:
         actions = self.election.handle(MaintenanceChanged(on), self.clock.now())
         self.log.info("maintenance_changed", on=on, role=self.election.role.name)
         self._perform(actions)
+        self.wake()  # a step now: deadlines moved, and a resigning MASTER reads on arrival
         refused = [a for a in actions if isinstance(a, HandoverRefused)]
         return (refused[0].reason if refused else None), durable
 
@@ -208,48 +240,53 @@ class Node:
         """Run a handover request now; return the refusal reason, or None if it started."""
         actions = self.election.handle(HandoverRequested(), self.clock.now())
         self._perform(actions)
+        self.wake()  # a step now: a resigning MASTER reads its peer's heartbeats on arrival
         refused = [a for a in actions if isinstance(a, HandoverRefused)]
         return refused[0].reason if refused else None
 
     # -- the loop ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run until the election reports it has stopped."""
+        """Run until the election reports it has stopped.
+
+        No coroutine turns per wake-up: a reader callback or one re-armed timer schedules
+        `_on_wake`, which runs one step and arms the timer for the next deadline; this
+        coroutine only waits for the end (an idle wake-up then costs one callback, no future).
+        """
         loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._finished = loop.create_future()
         # Heartbeat sockets are drained on every step anyway (before timers); the netlink and
         # ARP sockets are read only when they signalled data, to keep an idle wake-up cheap.
-        fds = self.io.transport.filenos()
-        for fd in fds:
-            loop.add_reader(fd, self.wake)
+        self._hb_fds = self.io.transport.filenos()
+        for fd in self._hb_fds:
+            loop.add_reader(fd, self._heartbeats_ready)
+        self._hb_watched = True
         loop.add_reader(self.io.netlink.fileno(), self._ready, "netlink")
-        fds = [*fds, self.io.netlink.fileno()]
+        fds = [self.io.netlink.fileno()]
         for w in self.io.arp.values():
             loop.add_reader(w.fileno(), self._ready, "arp")
             fds.append(w.fileno())
-        cpu = CpuWait()  # opened on the loop's thread: it reads this thread's schedstat
+        self._cpu = CpuWait()  # opened on the loop's thread: it reads this thread's schedstat
         try:
             self._initial_fitness()
-            woke, waited = self.clock.now(), cpu.now()
-            while not self.done:
-                deadline = self._next_deadline()
-                if not self._wake.is_set():
-                    timeout = max(0.0, deadline - self.clock.now())
-                    # call_later + Event is much cheaper than wait_for (no task per wake-up).
-                    timer = loop.call_later(timeout, self._wake.set)
-                    await self._wake.wait()
-                    timer.cancel()
-                self._wake.clear()
-                # A deadline that passed while the last step ran was due when that step began:
-                # a step (or a callback) that blocks shows up as lateness too.
-                expected, woke = max(deadline, woke), self.clock.now()
-                if woke >= expected:  # due (an early I/O wake is not late): read the CPU wait
-                    before, waited = waited, cpu.now()
-                    self._measure(expected, woke, waited - before)
-                self.step()
+            self._woke, self._waited = self.clock.now(), self._cpu.now()
+            self._deadline = self._woke
+            self.wake()
+            await self._finished
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._scheduled is not None:
+                self._scheduled.cancel()
+                self._scheduled = None
+            if self._hb_watched:
+                for fd in self._hb_fds:
+                    loop.remove_reader(fd)
             for fd in fds:
                 loop.remove_reader(fd)
-            cpu.close()
+            self._cpu.close()
             for task in self._probe_tasks:
                 task.cancel()
             if self.balancing is not None:
@@ -257,11 +294,96 @@ class Node:
             # The last role change's hook gets a moment (the VIPs are released already).
             await self.hooks.close(wait=0.5)
 
-    def _measure(self, expected: float, actual: float, waited: float) -> None:
-        """Feed the lateness meter with a wake that was due; ``waited``: the loop thread's
-        time in the CPU run queue since the last due wake."""
+    def _on_timer(self) -> None:
+        """The armed deadline came."""
+        self._timer = None
+        self._timer_at = None
+        self._full_wake = True
+        self._on_wake()
+
+    def _on_wake(self) -> None:
+        """One wake-up: measure its lateness when it was due, run one step, arm the timer."""
+        if self._scheduled is not None:  # the timer came first: one step serves both
+            self._scheduled.cancel()
+            self._scheduled = None
+        if self._finished is None or self._finished.done():
+            return
+        try:
+            # A deadline that passed while the last step ran was due when that step began:
+            # a step (or a callback) that blocks shows up as lateness too.
+            now = self.clock.now()
+            expected, self._woke = max(self._deadline, self._woke), now
+            if now >= expected:  # due (an early I/O wake is not late)
+                self._measure(expected, now)
+            full, self._full_wake = self._full_wake, False
+            if not self.step(now, heartbeats_only=not full):
+                return  # nothing changed: the timer and the readers stay as they are
+            if self.done:
+                self._finished.set_result(None)
+                return
+            self._arm()
+        except Exception as exc:  # the loop's exception handler would only log it
+            self._finished.set_exception(exc)
+
+    def _arm(self) -> None:
+        """Watch the heartbeat sockets or not (see `_lazy`), and put the timer at the next
+        deadline; a timer already there is kept (an I/O wake seldom moves it)."""
+        loop = self._loop
+        assert loop is not None  # only called from run()'s callbacks
+        lazy = self._lazy()
+        if lazy == self._hb_watched:
+            for fd in self._hb_fds:
+                if lazy:
+                    loop.remove_reader(fd)
+                else:
+                    loop.add_reader(fd, self._heartbeats_ready)
+            self._hb_watched = not lazy
+        deadline = self._deadline = self._next_deadline()
+        if self._scheduled is not None:
+            return  # woken again already (e.g. a callback during the step)
+        if self._timer is not None:
+            if self._timer_at == deadline:
+                return
+            self._timer.cancel()
+        self._timer_at = deadline
+        if isinstance(self.clock, MonotonicClock):  # the loop's own clock: no read needed
+            self._timer = loop.call_at(deadline, self._on_timer)
+        else:
+            delay = max(0.0, deadline - self.clock.now())
+            self._timer = loop.call_later(delay, self._on_timer)
+
+    def _lazy(self) -> bool:
+        """True when the peer's heartbeats can wait for this node's own next deadline.
+
+        A MASTER that is staying (not resigning, handing over or stopping), has proven its
+        peer's run and is not flooded reads them at its send tick instead of on arrival:
+        one wake-up per interval instead of two or three. What it learns from them (a
+        higher-priority peer preempting, a split brain healing) is then acted on at most
+        one interval later; any earlier wake (an ARP conflict, a netlink event, a signal)
+        reads them first, as every step does. A BACKUP (or any other role) reads them on
+        arrival, so its dead timer runs from the arrival: failover is not delayed.
+
+        A drain that found nothing (the peer is down, restarting, or its packets are lost)
+        makes it read on arrival again: a restarted peer's first packet is answered at once,
+        so the new run's handshake takes no longer than before.
+        """
+        e = self.election
+        return (
+            e.role is Role.MASTER
+            and not e.resigning
+            and not e.shutting_down
+            and not e.maintenance
+            and 1 <= self._drained <= LAZY_MAX_DATAGRAMS
+            and self.heartbeats.steady()
+        )
+
+    def _measure(self, expected: float, actual: float) -> None:
+        """Feed the lateness meter with a wake that was due, with the loop thread's time in
+        the CPU run queue since the last due wake."""
+        before = self._waited
+        self._waited = self._cpu.now() if self._cpu is not None else 0.0
         stopped, self.continued = self.continued, False
-        late = self.lateness.observe_at(expected, actual, waited, stopped=stopped)
+        late = self.lateness.observe_at(expected, actual, self._waited - before, stopped=stopped)
         if self.io.metrics is not None:
             self.io.metrics.loop_lateness(actual - expected)
         if late is not None:
@@ -281,9 +403,20 @@ class Node:
         deadlines += [c.next_due for c in self.checks if c.argv and not c.running]
         return min(deadlines)
 
-    def step(self) -> None:
-        """One pass: inputs first (heartbeats, netlink, ARP, queued events), then timers."""
-        self._read_heartbeats()
+    def step(self, now: float | None = None, *, heartbeats_only: bool = False) -> bool:
+        """One pass: inputs first (heartbeats, netlink, ARP, queued events), then timers.
+
+        ``now`` is read once per step (by the caller); the step's parts all use it.
+        ``heartbeats_only``: only the heartbeat sockets woke the loop, before any deadline.
+        Then, when they brought no news for the election (only the other link's copy of a
+        heartbeat already heard, or refused datagrams), nothing else can be due and the
+        step ends after reading: returns False. Otherwise True (a full step ran).
+        """
+        if now is None:
+            now = self.clock.now()
+        news = self._read_heartbeats(now)
+        if heartbeats_only and not news and now < self._deadline:
+            return False
         readable, self._readable = self._readable, set()
         if "netlink" in readable:
             self._read_netlink()
@@ -293,30 +426,46 @@ class Node:
             self._read_discovery()
         pending, self._pending = self._pending, []
         for event in pending:
-            self._handle(event)
-        self._handle(Tick())
-        self._answer_conflict()
+            self._handle(event, now)
+        self._handle(_TICK, now)
+        self._answer_conflict(now)
         self.holder.run_announcements()
-        self._start_due_probes()
+        self._start_due_probes(now)
         self._start_backend_probes()
-        now = self.clock.now()
-        self.ops.step_done(now, (str(v.address) for v in self.holder.held))
+        self.ops.step_done(now, self._held_vips())
+        return True
 
-    def _handle(self, event: Event) -> None:
-        self._perform(self.election.handle(event, self.clock.now()))
+    def _held_vips(self) -> tuple[str, ...]:
+        """The held VIPs' addresses as strings, made again only when the set changed."""
+        held = self.holder.held
+        if held != self._held_key:
+            self._held_key = frozenset(held)
+            self._held_names = tuple(str(v.address) for v in held)
+        return self._held_names
+
+    def _handle(self, event: Event, now: float | None = None) -> None:
+        when = self.clock.now() if now is None else now
+        self._perform(self.election.handle(event, when))
 
     # -- inputs --------------------------------------------------------------------------
 
-    def _read_heartbeats(self) -> None:
-        now = self.clock.now()
-        datagrams = ((data, source) for data, source, _link in self.io.transport.receive())
-        for event in self.heartbeats.receive(datagrams, now):
-            if isinstance(event, LinkCopy):
-                self.election.note_link(event.node, event.link, now)
-            else:
-                self._handle(event)
+    def _read_heartbeats(self, now: float) -> bool:
+        """Drain the heartbeat sockets; True if the election heard news (or we replied)."""
+        received = self.io.transport.receive()
+        self._drained = len(received)
+        news = False
+        if received:
+            datagrams = [(data, source) for data, source, _link in received]
+            for event in self.heartbeats.receive(datagrams, now):
+                if isinstance(event, LinkCopy):
+                    self.election.note_link(event.node, event.link, now)
+                else:
+                    news = True
+                    self._handle(event, now)
         if self.heartbeats.reply_due(now):
+            news = True
             self._send_heartbeat(False)
+        return news
 
     def _read_discovery(self) -> None:
         """Feed discovery's news to the finder; point the transport at the chosen peer.
@@ -388,13 +537,12 @@ class Node:
             mac = self._macs[ifname] = self.io.vips.mac(ifname)
         return mac
 
-    def _answer_conflict(self) -> None:
+    def _answer_conflict(self, now: float) -> None:
         """After the grace period, log and re-announce if this node is still a MASTER that stays.
 
         A peer taking over legitimately (preemption, handover) is heard as MASTER within the
         grace period and this node yields instead of fighting it.
         """
-        now = self.clock.now()
         conflicts = self.conflicts.due(now)
         if not conflicts or self.election.role is not Role.MASTER or self.election.resigning:
             return
@@ -444,8 +592,7 @@ class Node:
             self._handle(FitnessChanged(fit.effective_priority, fit.fault, fit.reason))
             self.ops.priority_changed(fit.effective_priority)
 
-    def _start_due_probes(self) -> None:
-        now = self.clock.now()
+    def _start_due_probes(self, now: float) -> None:
         for check in self.checks:
             if check.argv and not check.running and now >= check.next_due:
                 check.running = True
@@ -480,7 +627,7 @@ class Node:
         if check.state.record(ok):
             self.log.info("track_changed", check=check.name, up=check.state.up)
             self._refresh_fitness()
-        self._wake.set()
+        self.wake()
 
     # -- actions -------------------------------------------------------------------------
 

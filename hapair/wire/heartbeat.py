@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -96,6 +97,13 @@ def filter_token(key: bytes, challenge: int) -> bytes:
     """Return the 4-byte token a packet echoing `challenge` carries; 4 zero bytes for 0."""
     _check_key(key)
     _check_uint("challenge", challenge, U64_MAX)
+    return _token(key, challenge)
+
+
+@functools.lru_cache(maxsize=16)
+def _token(key: bytes, challenge: int) -> bytes:
+    """filter_token() without the checks, remembered: a pair's packets echo the same few
+    challenges (ours, the peer's) for many intervals, and each token costs an HMAC."""
     if challenge == 0:
         return _NO_TOKEN
     return hmac.digest(key, _FILTER_DOMAIN + _U64.pack(challenge), "sha256")[:FILTER_TOKEN_SIZE]
@@ -174,26 +182,53 @@ def _mac(key: bytes, body: bytes) -> bytes:
 def encode(hb: Heartbeat, key: bytes) -> bytes:
     """Return the PACKET_SIZE-byte signed packet for `hb`; ValueError if the key is too short."""
     _check_key(key)
+    return encode_checked(
+        key, hb.cluster_id, hb.node.encode("utf-8"), static_fields(hb), hb.run, hb.seq,
+        hb.challenge, hb.echo,
+    )  # fmt: skip
+
+
+#: The fields of a heartbeat that stay the same from one packet to the next while nothing
+#: happens: flags, role code, base and effective priority, term, interval_ms, vip_digest.
+StaticFields = tuple[int, int, int, int, int, int, bytes]
+
+
+def static_fields(hb: Heartbeat) -> StaticFields:
+    """`hb`'s slowly changing fields, in the form `encode_checked` takes."""
+    flags = (FLAG_RESIGNING if hb.resigning else 0) | (FLAG_MAINTENANCE if hb.maintenance else 0)
+    return (
+        flags, hb.role.value, hb.base_priority, hb.effective_priority, hb.term,
+        hb.interval_ms, hb.vip_digest,
+    )  # fmt: skip
+
+
+def encode_checked(
+    key: bytes,
+    cluster: bytes,
+    node_raw: bytes,
+    static: StaticFields,
+    run: int,
+    seq: int,
+    challenge: int,
+    echo: int,
+) -> bytes:
+    """The signed packet from fields a `Heartbeat` already validated (the sender's hot path:
+    no dataclass per packet); `node_raw` is the node name in UTF-8."""
+    flags, role, base, effective, term, interval_ms, digest = static
     body = _BODY.pack(
-        MAGIC,
-        VERSION,
-        (FLAG_RESIGNING if hb.resigning else 0) | (FLAG_MAINTENANCE if hb.maintenance else 0),
-        hb.role.value,
-        hb.base_priority,
-        hb.effective_priority,
-        _RESERVED,
-        hb.cluster_id,
-        filter_token(key, hb.echo),
-        hb.node.encode("utf-8"),  # struct pads "32s" with NULs
-        hb.term,
-        hb.run,
-        hb.seq,
-        hb.challenge,
-        hb.echo,
-        hb.interval_ms,
-        hb.vip_digest,
-    )
-    return body + _mac(key, body)
+        MAGIC, VERSION, flags, role, base, effective, _RESERVED, cluster, _token(key, echo),
+        node_raw,  # struct pads "32s" with NULs
+        term, run, seq, challenge, echo, interval_ms, digest,
+    )  # fmt: skip
+    return body + hmac.digest(key, body, "sha256")
+
+
+def _trusted(**fields: object) -> Heartbeat:
+    """A Heartbeat from fields known valid, without __post_init__'s checks (decode's path)."""
+    hb = object.__new__(Heartbeat)
+    for name, value in fields.items():
+        object.__setattr__(hb, name, value)
+    return hb
 
 
 def _decode_node_name(raw: bytes) -> str:
@@ -264,9 +299,10 @@ def decode(data: bytes, key: bytes, expected_cluster: bytes) -> Heartbeat:
     for name, value in (("run", run), ("seq", seq), ("challenge", challenge)):
         if value == 0:
             raise Rejected(RejectReason.MALFORMED, f"{name} is 0")
-    if token != filter_token(key, echo):
+    if token != _token(key, echo):
         raise Rejected(RejectReason.MALFORMED, "filter_token does not match echo")
-    return Heartbeat(
+    # Every field was checked above or is bounded by its struct format: no second check.
+    return _trusted(
         cluster_id=cluster,
         node=node,
         role=role,

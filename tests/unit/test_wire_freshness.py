@@ -221,6 +221,43 @@ def test_second_link_copy_is_a_link_note_and_a_same_link_copy_a_replay() -> None
     assert warnings == ["replay"]  # logged once, then counted
 
 
+def test_the_other_links_copy_is_known_without_a_second_decode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, b = node("a", 1), node("b", 2)
+    deliver(a, b.packet(OUT))
+    packet = a.packet(OUT)
+    calls: list[bytes] = []
+    real = decode
+
+    def counting(data: bytes, key: bytes, cluster: bytes) -> object:
+        calls.append(data)
+        return real(data, key, cluster)
+
+    monkeypatch.setattr("hapair.runtime.heartbeats.decode", counting)
+    assert isinstance(deliver(b, packet, "10.0.0.1")[0], PeerHeard)
+    assert deliver(b, packet, "192.168.0.1") == [LinkCopy("a", "192.168.0.1")]
+    assert deliver(b, packet, "10.0.0.1") == []  # the same link again: a replay, as before
+    assert len(calls) == 1
+    assert b.rejected() == {"replay": 1}
+    # A datagram that differs in one byte is decoded (and refused: its MAC fails).
+    forged = packet[:-1] + bytes([packet[-1] ^ 1])
+    assert deliver(b, forged, "192.168.0.1") == []
+    assert len(calls) == 2 and b.rejected() == {"replay": 1, "bad_mac": 1}
+
+
+def test_an_outgoing_state_that_cannot_be_sent_is_refused_after_a_good_one() -> None:
+    a = node("a", 1)
+    a.packet(OUT)
+    with pytest.raises(ValueError, match="effective_priority"):
+        a.packet(Outgoing(Role.MASTER, 100, 256, False, 0, 20, bytes(8), False))
+    changed = Outgoing(Role.MASTER, 100, 90, True, 7, 20, bytes(8), True)
+    hb = decode(a.packet(changed), KEY, CLUSTER)
+    assert (hb.role, hb.effective_priority, hb.resigning, hb.term, hb.maintenance) == (
+        Role.MASTER, 90, True, 7, True,
+    )  # fmt: skip
+
+
 def test_own_packets_and_garbage_are_counted() -> None:
     a = node("a", 1)
     assert deliver(a, a.packet(OUT)) == []
