@@ -15,10 +15,10 @@ the data plane really reloads). Printed per kind:
   ``hapair status`` ("n/a" on a daemon that does not measure it).
 
 Kind ``none`` (not in the default list) runs the same pair and churn without a balancer: the
-host's noise floor, to tell a loaded machine from a loop that blocks. ``--normal`` runs the
-loops at normal priority (``runtime.realtime_priority = 0``) instead of the default SCHED_RR.
+host's noise floor, to tell a loaded machine from a loop that blocks. ``--rt`` runs the loops
+under SCHED_RR (``runtime.realtime_priority = 10``; off by default).
 
-    sudo .venv/bin/python bench/churn.py [--seconds 60] [--kinds nat,dr,none] [--normal] [--json]
+    sudo .venv/bin/python bench/churn.py [--seconds 60] [--kinds nat,dr,none] [--rt] [--json]
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ PROBE_INTERVAL: Final = 0.2
 FLAP_PERIOD: Final = 0.5  # down for half of it, up for the other half: twice a second
 RELOAD_PERIOD: Final = 0.5
 TABLE: Final = "lochurn"
-#: --normal: the loop thread at normal priority, as before real-time scheduling was the default.
-NORMAL: Final = "realtime_priority = 0"
+#: --rt: the loop threads under SCHED_RR (runtime.realtime_priority; off by default).
+RT: Final = "realtime_priority = 10"
 
 KINDS: Final = {
     "nat": ("nat", "masquerade = true\n", 8080),
@@ -149,12 +149,12 @@ weight = {r2_weight}
 """
 
 
-def write_configs(lab: Lab, kind: str, r2_weight: int, normal: bool = False) -> None:
+def write_configs(lab: Lab, kind: str, r2_weight: int, rt: bool = False) -> None:
     for node in ("a", "b"):
         path = lab.hapair.config_path(node)
         base = path.read_text().split("\n[balancer]")[0]
-        if normal and NORMAL not in base:
-            base = base.replace("\n\n[log]\n", f"\n{NORMAL}\n\n[log]\n", 1)
+        if rt and RT not in base:
+            base = base.replace("\n\n[log]\n", f"\n{RT}\n\n[log]\n", 1)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(base + balancer_toml(kind, r2_weight))
         os.replace(tmp, path)
@@ -204,7 +204,7 @@ def run_kind(
     seconds: float,
     index: int,
     keep: Path | None = None,
-    normal: bool = False,
+    rt: bool = False,
     prefix: str = "lo",
 ) -> Result:
     lab = Lab(f"{prefix}{index}", timers=TIMERS)
@@ -223,7 +223,7 @@ def run_kind(
         lab.exec("r1", ["nft", "add", "table", "inet", TABLE])
         lab.exec("r1", ["nft", "add", "chain", "inet", TABLE, "input",
                         "{ type filter hook input priority 0; }"])  # fmt: skip
-        write_configs(lab, kind, 1, normal)
+        write_configs(lab, kind, 1, rt)
         lab.hapair.start("a")
         lab.hapair.start("b")
         if not wait_until(lambda: lab.vip_holders() == ["a"], timeout=15):
@@ -245,7 +245,7 @@ def run_kind(
             nxt = time.monotonic()
             while not stop.is_set():
                 weight = 3 - weight
-                write_configs(lab, kind, weight, normal)
+                write_configs(lab, kind, weight, rt)
                 for node in ("a", "b"):
                     reply = control(lab, node, "reload")
                     counts["reloads"] += 1
@@ -300,9 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep-logs", type=Path, help="copy the daemons' logs here")
     parser.add_argument(
-        "--normal",
+        "--rt",
         action="store_true",
-        help="runtime.realtime_priority = 0: the loop threads at normal priority",
+        help="runtime.realtime_priority = 10: the loop threads under SCHED_RR",
     )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -319,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"balancer churn: {args.seconds:g} s at {TIMERS.interval * 1000:g} ms x "
         f"{TIMERS.dead_after}; r1 flaps every {FLAP_PERIOD:g} s, reload every {RELOAD_PERIOD:g} s;"
         f" target 0 role changes, gap <= {2 * TIMERS.interval * 1000:g} ms"
-        + ("; loop threads at normal priority" if args.normal else "")
+        + ("; loop threads SCHED_RR" if args.rt else "")
     )
     print(
         f"{'kind':<14} {'roles':>6} {'max gap ms':>12} {'late ms':>12} {'blocked ms':>10}"
@@ -328,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for i, kind in enumerate(kinds):
         try:
-            result = run_kind(kind, args.seconds, i, args.keep_logs, args.normal, args.prefix)
+            result = run_kind(kind, args.seconds, i, args.keep_logs, args.rt, args.prefix)
         except LabError as exc:
             print(f"{kind:<14} lab failed: {exc}")
             continue

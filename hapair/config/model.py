@@ -240,8 +240,8 @@ class Runtime(Model):
     #: The admin group: also `handover`, `maintenance` and `reload` (root always may).
     control_admin_group: Annotated[str, PlainValidator(_check_group)] | None = None
     #: SCHED_RR priority of the heartbeat loop's thread (keepalived's vrrp_rt_priority), so a
-    #: busy host cannot keep it waiting for a CPU; 0: normal scheduling (hapair/runtime/sched.py).
-    realtime_priority: Annotated[int, int_between(0, 99)] = 10
+    #: busy host cannot keep it waiting for a CPU; 0: left as started (hapair/runtime/sched.py).
+    realtime_priority: Annotated[int, int_between(0, 99)] = 0
 
     def _problems(self) -> Problems:
         try:

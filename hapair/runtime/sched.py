@@ -1,17 +1,20 @@
-"""Real-time scheduling for the heartbeat loop's thread, as keepalived does for VRRP.
+"""Real-time scheduling for the heartbeat loop's thread, as keepalived offers for VRRP.
 
 On a busy host (an engine reloading, ``nft`` loads, the probes) a normal-priority loop waits
-for a CPU behind runnable processes: measured under balancer churn at 20 ms, 16 of its 27 ms
+for a CPU behind runnable processes: measured under HAProxy churn at 20 ms, 16 of its 27 ms
 of lateness. ``SCHED_RR`` at a low priority (below the kernel's threaded interrupts at 50)
 lets it run as soon as it wakes. Only the calling thread changes, and
 ``SCHED_RESET_ON_FORK`` keeps what it starts afterwards at normal priority: the worker
 threads, nginx, HAProxy, probes and hooks.
 
-A real-time loop that runs away takes at most 95 % of one CPU (the kernel's RT throttling,
-``sched_rt_runtime_us``), and a loop stuck that way stops pinging the systemd watchdog, which
-restarts it within ``WatchdogSec``. No ``RLIMIT_RTTIME`` (keepalived's ``vrrp_rlimit_rttime``):
-under a packet flood the loop may legitimately never sleep, and SIGXCPU would then kill the
-daemon the flood was aimed at.
+Off by default (``runtime.realtime_priority = 0`` leaves the thread as it was started): the
+loop shares the GIL with those normal-priority threads, and when one of them holds or must
+take the GIL while other processes keep it off a CPU, the real-time loop waits for it (a
+priority inversion). Measured in the full churn bench (with a 0.1 ms switch interval): dr
+113.7 ms and nginx 101.3 ms gaps with role changes, nearly all of it blocked, not CPU wait;
+dr at normal priority, same host, 24.6 ms. A runaway real-time loop gets at most
+95 % of one CPU (RT throttling) and, stuck, stops pinging the systemd watchdog. No
+``RLIMIT_RTTIME``: under a packet flood the loop may legitimately never sleep.
 """
 
 from __future__ import annotations
@@ -42,31 +45,25 @@ class Syscalls:
 class SchedResult:
     """What ``enter_realtime`` did: a log event name, whether RT is on, a sentence."""
 
-    event: str  # realtime_scheduling | realtime_inherited | realtime_off | realtime_refused
+    event: str  # realtime_scheduling | realtime_inherited | realtime_refused
     realtime: bool
     detail: str
 
 
 def enter_realtime(priority: int, calls: Syscalls | None = None) -> SchedResult | None:
     """Put the calling thread (the loop's) under ``SCHED_RR`` at ``priority`` with
-    reset-on-fork; ``priority`` 0: normal scheduling (None when nothing changed).
+    reset-on-fork; ``priority`` 0 leaves it as it was started (None).
 
     A thread already real time (a unit's ``CPUSchedulingPolicy=``, ``chrt``) keeps its
     priority. Never raises: a refusal is a result to log, the daemon runs on.
     """
+    if priority == 0:
+        return None
     c = calls or Syscalls()
     try:
         already = c.get_scheduler(0) & ~os.SCHED_RESET_ON_FORK
     except OSError:
         already = os.SCHED_OTHER
-    if priority == 0:
-        if already not in _REALTIME:
-            return None
-        try:  # lowering needs no privilege, and RestrictRealtime= allows it
-            c.set_scheduler(0, os.SCHED_OTHER, os.sched_param(0))
-        except OSError as exc:
-            return SchedResult("realtime_refused", True, f"cannot leave real time: {exc}")
-        return SchedResult("realtime_off", False, "real time from the start: back to normal")
     if already in _REALTIME:
         return SchedResult(
             "realtime_inherited",

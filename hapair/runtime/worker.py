@@ -23,12 +23,9 @@ Done = Callable[[Any, BaseException | None], None]
 CLOSE_WAIT: Final = 20.0
 #: The GIL switch interval while a worker runs (CPython's default is 5 ms). A worker busy in
 #: Python code holds the GIL for a whole interval, and the loop waits that long to get it
-#: back after *each* system call it makes (a send, a receive, epoll): a worker that itself
-#: makes many short calls (reading /proc) grabs the GIL back at each, so a wake of some 20
-#: calls waited 6-13 ms at 0.5 ms (measured under HAProxy churn, with the loop real time and
-#: on its CPU for only 1-4 ms of it). 0.1 ms cuts that fivefold; the price, a forced switch
-#: every 0.1 ms, is paid only while the loop is waiting for the GIL.
-SWITCH_INTERVAL: Final = 0.0001
+#: back after *each* system call it makes (a send, a receive): a step of a few calls would
+#: be late by tens of milliseconds. Half a millisecond keeps that under the loop's budget.
+SWITCH_INTERVAL: Final = 0.0005
 
 
 class Worker(Protocol):

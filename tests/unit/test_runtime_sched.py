@@ -46,11 +46,10 @@ def test_priority_zero_leaves_the_thread_alone() -> None:
     assert kernel.calls == []
 
 
-def test_priority_zero_takes_a_thread_started_real_time_back_to_normal() -> None:
+def test_priority_zero_leaves_a_thread_started_real_time_alone() -> None:
     kernel = FakeKernel(policy=os.SCHED_RR | os.SCHED_RESET_ON_FORK, priority=10)
-    result = enter_realtime(0, kernel.syscalls())
-    assert result is not None and not result.realtime and result.event == "realtime_off"
-    assert kernel.policy == os.SCHED_OTHER
+    assert enter_realtime(0, kernel.syscalls()) is None
+    assert kernel.calls == [] and kernel.priority == 10
 
 
 def test_the_loop_thread_turns_round_robin_reset_on_fork() -> None:
