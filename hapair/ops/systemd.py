@@ -1,4 +1,4 @@
-"""systemd integration without libsystemd: sd_notify, the watchdog period, a status line, RT.
+"""systemd integration without libsystemd: sd_notify, the watchdog period, a status line.
 
 The notify protocol is one AF_UNIX datagram of ``KEY=VALUE`` lines to ``$NOTIFY_SOCKET`` (a
 path, or ``@name`` for the abstract namespace). systemd reads who sent it from the kernel's
@@ -6,14 +6,7 @@ credentials, so with ``NotifyAccess=main`` the daemon process itself must send. 
 blocks and never raises: a failed send returns False, is counted, and is reported through
 ``on_error`` once (again only after a send has succeeded in between).
 
-Real-time scheduling is **off by default**, and the shipped units leave it off
-(``RestrictRealtime=yes``). A SCHED_RR loop that runs away (a bug, a flood of packets) takes
-its CPU from everything below its priority, including the softirq and kernel threads that
-deliver the very heartbeats it waits for; the kernel's RT throttling still gives it 95% of a
-CPU. hapair's timers are tens to hundreds of milliseconds, well inside what a normal-priority
-process gets on a sane host, so RT is a trade an operator makes knowingly for a loaded host:
-``CPUSchedulingPolicy=rr`` in a drop-in (systemd sets it before the sandbox applies, and the
-daemon then needs no CAP_SYS_NICE), or ``set_realtime`` when the daemon runs outside systemd.
+Real-time scheduling of the loop is `hapair.runtime.sched` (``runtime.realtime_priority``).
 """
 
 from __future__ import annotations
@@ -23,7 +16,6 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 NOTIFY_SOCKET: Final = "NOTIFY_SOCKET"
@@ -307,47 +299,13 @@ def _monotonic_usec() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
 
 
-@dataclass(frozen=True)
-class RealtimeResult:
-    """What ``set_realtime`` did: ``ok``, and a sentence for the log either way."""
-
-    ok: bool
-    detail: str
-
-
-def set_realtime(priority: int) -> RealtimeResult:
-    """Put the calling thread in SCHED_RR at ``priority`` (1..99), with reset-on-fork.
-
-    Reset-on-fork keeps what the daemon starts (nginx, HAProxy, probes) at normal priority.
-    Call it before any thread starts: threads created earlier keep their policy. Never raises.
-    """
-    policy = os.SCHED_RR
-    low, high = os.sched_get_priority_min(policy), os.sched_get_priority_max(policy)
-    if not low <= priority <= high:
-        return RealtimeResult(False, f"real-time priority must be {low}..{high}, got {priority}")
-    try:
-        os.sched_setscheduler(0, policy | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
-    except PermissionError:
-        return RealtimeResult(
-            False,
-            f"SCHED_RR priority {priority} refused: it needs CAP_SYS_NICE (or RLIMIT_RTPRIO),"
-            " and under systemd the unit's RestrictRealtime=yes forbids it; use"
-            " CPUSchedulingPolicy=rr and CPUSchedulingPriority= in a drop-in instead",
-        )
-    except OSError as exc:
-        return RealtimeResult(False, f"SCHED_RR priority {priority} refused: {exc}")
-    return RealtimeResult(True, f"running SCHED_RR at priority {priority} (reset on fork)")
-
-
 __all__ = [
     "BalancerSummary",
     "Notifier",
     "PeerRole",
-    "RealtimeResult",
     "WatchdogTimer",
     "format_message",
     "notify_address",
-    "set_realtime",
     "status_line",
     "status_line_from",
     "watchdog_interval",

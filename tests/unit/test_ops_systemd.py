@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -335,50 +332,3 @@ def test_status_line_from_a_status_snapshot() -> None:
     assert status_line_from(resigning) == (
         "MASTER (resigning), VIP 10.0.0.50/24 held, peer lb2 lost"
     )
-
-
-# -- real-time scheduling (in a child process: the test runner keeps its policy) ---------------
-
-RT_CHILD = """
-import os, sys
-from hapair.ops.systemd import set_realtime
-r = set_realtime(int(sys.argv[1]))
-pid = os.fork()
-if pid == 0:
-    os._exit(0 if os.sched_getscheduler(0) == os.SCHED_OTHER else 3)
-_, status = os.waitpid(pid, 0)
-own = os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK
-print(r.ok, own == os.SCHED_RR, os.waitstatus_to_exitcode(status) == 0, r.detail, sep="|")
-"""
-
-
-def run_rt_child(priority: int, *, without_sys_nice: bool = False) -> list[str]:
-    argv = [sys.executable, "-c", RT_CHILD, str(priority)]
-    if without_sys_nice:
-        setpriv = shutil.which("setpriv")
-        if os.geteuid() == 0 and setpriv:
-            argv = [setpriv, "--inh-caps=-all", "--bounding-set=-sys_nice", *argv]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env, check=True)
-    return out.stdout.strip().split("|")
-
-
-@pytest.mark.parametrize("priority", [0, 100, -1])
-def test_set_realtime_refuses_a_priority_out_of_range(priority: int) -> None:
-    ok, is_rr, _, detail = run_rt_child(priority)
-    assert ok == "False" and is_rr == "False" and "1..99" in detail
-
-
-def test_set_realtime_without_the_privilege_says_what_to_do() -> None:
-    ok, is_rr, _, detail = run_rt_child(10, without_sys_nice=True)
-    if os.geteuid() != 0 and ok == "True":
-        pytest.skip("this user may use real-time priorities (RLIMIT_RTPRIO)")
-    assert ok == "False" and is_rr == "False"
-    assert "CAP_SYS_NICE" in detail and "CPUSchedulingPolicy=rr" in detail
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_RR needs CAP_SYS_NICE")
-def test_set_realtime_applies_to_the_daemon_but_not_to_what_it_starts() -> None:
-    ok, is_rr, child_normal, detail = run_rt_child(10)
-    assert ok == "True", detail
-    assert is_rr == "True" and child_normal == "True"
