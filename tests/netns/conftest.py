@@ -17,10 +17,11 @@ from hapair.lab.nodes import PEER
 from hapair.lab.topology import Lab
 
 #: The bound, in seconds (the blocking calls moved off the loop took 30 to 300 ms). What is
-#: left is CPython holding the GIL through vfork until a child's exec (nginx -t from the
-#: balancer's worker, ping from a gateway track's spawn thread): 13 ms under load in the kinds
-#: test and 20.1 ms once in a CI run of the gateway track test, so the bound is 30 ms (well
-#: inside the 72 ms dead time) until children are spawned from a process of their own.
+#: left is the loop waiting for the GIL while a worker thread runs Python (an engine reload's
+#: /proc polling, a reload's config parsing) on a busy host: 13 ms under load in the kinds
+#: test and 20.1 ms once in a CI run of the gateway track test, so the bound is 30 ms, well
+#: inside the 72 ms dead time. (CPython 3.11.7 releases the GIL around vfork: spawns are not
+#: the cause.)
 #: HAPAIR_LATENESS_BOUND_MS overrides it.
 LATENESS_BOUND: Final = float(os.environ.get("HAPAIR_LATENESS_BOUND_MS", "30")) / 1000
 
