@@ -13,7 +13,7 @@ Semantics follow VRRP (RFC 5798 §6.4) and keepalived where they are sound:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Final
 
 from hapair.core.actions import (
@@ -162,10 +162,6 @@ class Election:
     def shutting_down(self) -> bool:
         """True once a shutdown was requested (the node resigns, then stops)."""
         return self._shutting_down
-
-    def alive_peers(self) -> list[PeerState]:
-        """Peers heard within their dead interval."""
-        return [p for p in self.peers.values() if p.alive]
 
     def next_deadline(self) -> float:
         """The next time at which ``handle(Tick(), now)`` has something to do."""
@@ -511,8 +507,3 @@ class Election:
         self.last_transition = Transition(self.role, to, reason, now)
         self.role = to
         self._preempt_since = None
-
-
-def with_priority(settings: ElectionSettings, priority: int) -> ElectionSettings:
-    """A copy of ``settings`` with another base priority (used by reloads and tests)."""
-    return replace(settings, priority=priority)

@@ -499,17 +499,9 @@ class Lab:
         """Start hapair on `node` (``ip netns exec NS python -m hapair run -c NODE.toml``)."""
         self.hapair.start(node)
 
-    def kill_node(self, node: str) -> None:
-        """SIGKILL `node`'s daemon: no goodbye, VIP left behind."""
-        self.hapair.kill(node)
-
     def term_node(self, node: str) -> None:
         """SIGTERM `node`'s daemon and wait (bounded) for it to exit."""
         self.hapair.terminate(node)
-
-    def release_node(self, node: str) -> float:
-        """Run ``hapair release`` on `node` as ExecStopPost would; return when it finished."""
-        return self.hapair.release(node)
 
     def events(self, since: float = float("-inf")) -> list[Event]:
         """Return both hapair daemons' log events at/after `since`, in time order."""
