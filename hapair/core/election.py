@@ -367,7 +367,7 @@ class Election:
             and not p.resigning
             and not p.maintenance
             and p.role is not Role.FAULT
-            and (include_lower or rank(p.effective_priority, p.node) > mine)
+            and (include_lower or _peer_rank(p) > mine)
         ]
 
     def _evaluate(self, now: float, out: list[Action]) -> None:
@@ -409,8 +409,8 @@ class Election:
             return
         masters = self._live_masters()
         if masters:
-            best = masters[0] if len(masters) == 1 else max(masters, key=_peer_rank)
-            wins = self._my_rank() > rank(best.effective_priority, best.node)
+            best = max(masters, key=_peer_rank)
+            wins = self._my_rank() > _peer_rank(best)
             if self.settings.preempt and not self._suppress_preempt and wins:
                 if self._preempt_since is None:
                     self._preempt_since = now
@@ -441,7 +441,7 @@ class Election:
     def _evaluate_master(self, now: float, out: list[Action]) -> None:
         masters = self._live_masters()
         mine = self._my_rank()
-        higher = [p for p in masters if rank(p.effective_priority, p.node) > mine]
+        higher = [p for p in masters if _peer_rank(p) > mine]
         if self.resigning and masters:
             # Make-before-break: the peer has the VIP now, so it is safe to drop ours. Dropped
             # before the role change is reported (logged, hooks, metrics): until it is gone both

@@ -134,19 +134,13 @@ class Heartbeats:
         if newest is not None and data == newest[0] and self.key is newest[2]:
             # Byte for byte the newest accepted heartbeat: decoding it again could only say
             # SAME (its run's mark is its seq until the next accepted one replaces `newest`).
-            node = newest[1]
-            if self._accepted_on.get(node) != source:
-                return LinkCopy(node, source)
-            raise Rejected(RejectReason.REPLAY, f"{node} newest heartbeat again from {source}")
+            return self._again(newest[1], "newest heartbeat", source)
         hb = decode(data, self.key, self.cluster)
         if hb.node == self.node:
             raise Rejected(RejectReason.SELF, f"from {source}")
         verdict = self.freshness.check(hb.node, hb.run, hb.seq, hb.challenge, hb.echo)
         if verdict is Verdict.SAME:
-            if self._accepted_on.get(hb.node) != source:
-                # The same heartbeat, sent on every link, arriving on a second one.
-                return LinkCopy(hb.node, source)
-            raise Rejected(RejectReason.REPLAY, f"{hb.node} seq {hb.seq} again from {source}")
+            return self._again(hb.node, f"seq {hb.seq}", source)
         if verdict in (Verdict.UNPROVEN, Verdict.NEW_RUN):
             self._prompt = True
         reason = verdict.reject_reason
@@ -168,6 +162,13 @@ class Heartbeats:
             link=source,
             maintenance=hb.maintenance,
         )
+
+    def _again(self, node: str, what: str, source: str) -> LinkCopy:
+        """The newest accepted heartbeat of `node` once more: the same packet, sent on every
+        link, arriving on another one (a LinkCopy), or again on its own link (a replay)."""
+        if self._accepted_on.get(node) != source:
+            return LinkCopy(node, source)
+        raise Rejected(RejectReason.REPLAY, f"{node} {what} again from {source}")
 
     def _rejected(self, exc: Rejected, source: str) -> None:
         if self.observer is not None:
