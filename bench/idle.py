@@ -14,7 +14,12 @@ MASTER's daemon (and, for reference, the BACKUP's) from /proc for ``--seconds``:
 keepalived's figures are the sums over its processes (the parent and the VRRP child). Each run
 starts both daemons afresh; the table shows the median of ``--runs`` runs (min and max beside).
 
-    sudo .venv/bin/python bench/idle.py [--runs 3] [--seconds 20] [--interval 0.02] [--json]
+``--floor`` adds two columns: `bench/pyfloor.py` on the same two links, a CPython process doing
+only the per-interval work that the protocol cannot skip (drain, verify one HMAC, sign one, send
+on both links), paced by asyncio and by a bare sleep. Its "MASTER" is the one in node a. It is
+the least a Python daemon of this design can cost here, measured in the same run.
+
+    sudo .venv/bin/python bench/idle.py [--runs 3] [--seconds 20] [--interval 0.02] [--floor]
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from hapair.lab.keepalived import bench_pair, keepalived_path
 from hapair.lab.nodes import PEER, Pair, Timers
 from hapair.lab.shell import LabError, cpu_ticks
 from hapair.lab.testbed import NetnsBed
-from hapair.lab.topology import NODES, Lab
+from hapair.lab.topology import HB4, LAN4, NODES, Lab
 
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 #: Seconds to wait after the MASTER is stable before sampling: start-up work (state file, GARP
@@ -85,6 +90,11 @@ def _sample_pair(pair: Pair, master: str, seconds: float) -> tuple[Sample, Sampl
     pm, pb = pair.pids(master), pair.pids(backup)
     if not pm or not pb:
         raise LabError(f"{pair.label}: a daemon is not running")
+    return _sample_pids(pm, pb, seconds)
+
+
+def _sample_pids(pm: list[int], pb: list[int], seconds: float) -> tuple[Sample, Sample]:
+    """Sample two process sets (a MASTER's and a BACKUP's) over the same window."""
     ticks0 = {p: cpu_ticks(p) for p in pm + pb}
     wakes0 = {p: wakes(p) for p in pm + pb}
     start = time.monotonic()
@@ -137,6 +147,43 @@ def run_impl(
     return results
 
 
+FLOOR: Final = Path(__file__).resolve().parent / "pyfloor.py"
+
+
+def run_floor(
+    loop: str, timers: Timers, runs: int, seconds: float, prefix: str
+) -> list[dict[str, object]]:
+    """Like `run_impl` for `bench/pyfloor.py` (paced by `loop`) in both nodes."""
+    results: list[dict[str, object]] = []
+    impl = f"floor-{loop}"
+    with Lab(prefix, timers=timers) as lab:
+        for i in range(runs):
+            pids: dict[str, int] = {}
+            for node in NODES:
+                peer = PEER[node]
+                argv = [
+                    sys.executable, str(FLOOR), "--loop", loop,
+                    "--interval", str(timers.interval),
+                    "--bind", LAN4[node], HB4[node], "--peer", LAN4[peer], HB4[peer],
+                ]  # fmt: skip
+                pids[node] = lab.spawn(f"{impl}-{node}", node, argv).pid
+            time.sleep(SETTLE)
+            m, b = _sample_pids([pids["a"]], [pids["b"]], seconds)
+            for node in NODES:
+                if not lab.running(f"{impl}-{node}"):
+                    raise LabError(f"{impl} in {node} died: see {lab.dir}")
+                lab.stop(f"{impl}-{node}")
+            results.append({"master": asdict(m), "backup": asdict(b)})
+            print(
+                f"  {impl:10} run {i + 1}: node a CPU {m.cpu_percent:5.2f}% "
+                f"RSS {m.rss_mb:5.1f} MiB PSS {m.pss_mb:5.1f} MiB | node b CPU "
+                f"{b.cpu_percent:5.2f}% RSS {b.rss_mb:5.1f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
+    return results
+
+
 def _stat(results: list[dict[str, object]], role: str, key: str) -> tuple[float, float, float]:
     values = [float(r[role][key]) for r in results]  # type: ignore[index]
     return min(values), statistics.median(values), max(values)
@@ -154,6 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prefix", default="pfidle")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--no-keepalived", action="store_true")
+    parser.add_argument(
+        "--floor", action="store_true", help="add bench/pyfloor.py's columns (CPython's floor)"
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/idle.py needs root (network namespaces)", file=sys.stderr)
@@ -168,6 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             impls.append("keepalived")
     report = {impl: run_impl(impl, timers, args.runs, args.seconds, args.prefix) for impl in impls}
+    if args.floor:
+        for loop in ("asyncio", "sleep"):
+            report[f"floor-{loop}"] = run_floor(loop, timers, args.runs, args.seconds, args.prefix)
+        impls += ["floor-asyncio", "floor-sleep"]
     if args.json:
         print(json.dumps({"interval": args.interval, "dead_after": args.dead_after, **report}))
         return 0
