@@ -38,6 +38,7 @@ from hapair.runtime.state import (
     ensure_lib_dir,
     load_and_repair,
 )
+from hapair.runtime.vipholder import remove_stale_vips
 from hapair.runtime.wiring import Adapters, PeerFeed, vips_of
 from hapair.runtime.worker import SWITCH_INTERVAL
 from hapair.wire.heartbeat import PACKET_SIZE
@@ -95,15 +96,6 @@ def check_host(cfg: Config, vips: VipManager) -> None:
         raise RuntimeSetupError("; ".join(unroutable))
     for line in unroutable:
         get_logger().warning("peer_unroutable", detail=line)
-
-
-def remove_stale_vips(cfg: Config, vips: VipManager) -> list[str]:
-    """Remove VIPs a crashed run left behind (this node is not MASTER yet)."""
-    removed = []
-    for vip in vips_of(cfg):
-        if vips.remove(vip):
-            removed.append(str(vip))
-    return removed
 
 
 class Daemon:
@@ -172,7 +164,7 @@ class Daemon:
             stack.push_async_callback(writer.close)  # after the last change is written
             if metrics is not None:
                 metrics.watch_state(lambda: writer.failures)
-            stale = remove_stale_vips(cfg, vips)
+            stale = remove_stale_vips(vips_of(cfg), vips)
             if stale:
                 self.log.warning("stale_vip_removed", vips=stale, reason="left by an earlier run")
             mdns, feed = self._start_discovery(cfg, stack)

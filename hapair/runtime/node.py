@@ -56,7 +56,8 @@ from hapair.runtime.conflicts import ConflictResponder
 from hapair.runtime.heartbeats import Heartbeats, LinkCopy, Outgoing
 from hapair.runtime.lateness import DEFAULT_THRESHOLD, LatenessMeter
 from hapair.runtime.ops_notify import OpsNotifier
-from hapair.runtime.state import PersistentState, StateWriter, WriteResult
+from hapair.runtime.ports import StateSink
+from hapair.runtime.state import PersistentState, WriteResult
 from hapair.runtime.status import build_status
 from hapair.runtime.vipholder import VipHolder
 from hapair.runtime.wiring import (
@@ -93,7 +94,9 @@ class Node:
         clock: Clock,
         io: Adapters,
         state: PersistentState,
-        writer: StateWriter,
+        writer: StateSink,
+        *,
+        log: Any = None,
     ) -> None:
         self.cfg = cfg
         self.key = key
@@ -101,7 +104,7 @@ class Node:
         self.io = io
         self.state = state
         self.writer = writer
-        self.log = get_logger()
+        self.log = get_logger() if log is None else log
         now = clock.now()
         self.election = Election(election_settings(cfg), now, maintenance=state.maintenance)
         self.vips = vips_of(cfg)
@@ -186,10 +189,11 @@ class Node:
 
     def discovery_arrived(self) -> None:
         """Discovery has news (called on the loop, from zeroconf's thread via the daemon)."""
-        self._ready("discovery")
+        self.source_ready("discovery")
 
-    def _ready(self, source: str) -> None:
-        """Reader callback for netlink and ARP: remember which, then wake the loop."""
+    def source_ready(self, source: str) -> None:
+        """``netlink``, ``arp`` or ``discovery`` has data (a reader callback, or the
+        simulation): remember which, then wake the loop."""
         self._readable.add(source)
         self.wake()
 
@@ -262,16 +266,15 @@ class Node:
         for fd in self._hb_fds:
             loop.add_reader(fd, self._heartbeats_ready)
         self._hb_watched = True
-        loop.add_reader(self.io.netlink.fileno(), self._ready, "netlink")
+        loop.add_reader(self.io.netlink.fileno(), self.source_ready, "netlink")
         fds = [self.io.netlink.fileno()]
         for w in self.io.arp.values():
-            loop.add_reader(w.fileno(), self._ready, "arp")
+            loop.add_reader(w.fileno(), self.source_ready, "arp")
             fds.append(w.fileno())
         self._cpu = CpuWait()  # opened on the loop's thread: it reads this thread's schedstat
         try:
-            self._initial_fitness()
-            self._woke, self._waited = self.clock.now(), self._cpu.now()
-            self._deadline = self._woke
+            self.begin(self.clock.now())
+            self._waited = self._cpu.now()
             self.wake()
             await self._finished
         finally:
@@ -294,6 +297,11 @@ class Node:
             # The last role change's hook gets a moment (the VIPs are released already).
             await self.hooks.close(wait=0.5)
 
+    def begin(self, now: float) -> None:
+        """Before the first wake-up: the fitness as the interfaces are now; a step due now."""
+        self._initial_fitness()
+        self._woke = self._deadline = now
+
     def _on_timer(self) -> None:
         """The armed deadline came."""
         self._timer = None
@@ -302,21 +310,15 @@ class Node:
         self._on_wake()
 
     def _on_wake(self) -> None:
-        """One wake-up: measure its lateness when it was due, run one step, arm the timer."""
+        """The loop's wake-up: one `wake_at`, then the timer at the next deadline."""
         if self._scheduled is not None:  # the timer came first: one step serves both
             self._scheduled.cancel()
             self._scheduled = None
         if self._finished is None or self._finished.done():
             return
         try:
-            # A deadline that passed while the last step ran was due when that step began:
-            # a step (or a callback) that blocks shows up as lateness too.
-            now = self.clock.now()
-            expected, self._woke = max(self._deadline, self._woke), now
-            if now >= expected:  # due (an early I/O wake is not late)
-                self._measure(expected, now)
             full, self._full_wake = self._full_wake, False
-            if not self.step(now, heartbeats_only=not full):
+            if not self.wake_at(self.clock.now(), full=full):
                 return  # nothing changed: the timer and the readers stay as they are
             if self.done:
                 self._finished.set_result(None)
@@ -325,12 +327,38 @@ class Node:
         except Exception as exc:  # the loop's exception handler would only log it
             self._finished.set_exception(exc)
 
+    def wake_at(self, now: float, *, full: bool) -> bool:
+        """One wake-up at `now`, from the loop or the simulation: measure its lateness when it
+        was due, run one step (`full` False: only heartbeat sockets woke us, see `step`).
+
+        Returns True when the step ran whole: `deadline` and `reads_on_arrival` are then
+        current, and the caller re-arms its timer and readers from them.
+        """
+        # A deadline that passed while the last step ran was due when that step began:
+        # a step (or a callback) that blocks shows up as lateness too.
+        expected, self._woke = max(self._deadline, self._woke), now
+        if now >= expected:  # due (an early I/O wake is not late)
+            self._measure(expected, now)
+        if not self.step(now, heartbeats_only=not full):
+            return False
+        self._deadline = self._next_deadline()
+        return True
+
+    @property
+    def deadline(self) -> float:
+        """When the next step is due (as of the last whole step)."""
+        return self._deadline
+
+    def reads_on_arrival(self) -> bool:
+        """True when a heartbeat's arrival must wake this node (see `_lazy`)."""
+        return not self._lazy()
+
     def _arm(self) -> None:
         """Watch the heartbeat sockets or not (see `_lazy`), and put the timer at the next
         deadline; a timer already there is kept (an I/O wake seldom moves it)."""
         loop = self._loop
         assert loop is not None  # only called from run()'s callbacks
-        lazy = self._lazy()
+        lazy = not self.reads_on_arrival()
         if lazy == self._hb_watched:
             for fd in self._hb_fds:
                 if lazy:
@@ -338,7 +366,7 @@ class Node:
                 else:
                     loop.add_reader(fd, self._heartbeats_ready)
             self._hb_watched = not lazy
-        deadline = self._deadline = self._next_deadline()
+        deadline = self._deadline
         if self._scheduled is not None:
             return  # woken again already (e.g. a callback during the step)
         if self._timer is not None:

@@ -11,9 +11,14 @@ from typing import Any
 
 from hapair.core.announce import AnnounceSchedule, AnnounceTimers
 from hapair.errors import VipError
-from hapair.net.garp import Announcer
-from hapair.net.vip import Vip, VipManager
+from hapair.net.vip import Vip
 from hapair.runtime.clock import Clock
+from hapair.runtime.ports import Announcements, VipKernel
+
+
+def remove_stale_vips(vips: tuple[Vip, ...], kernel: VipKernel) -> list[str]:
+    """Remove VIPs a crashed run left behind (before the node starts: it is not MASTER yet)."""
+    return [str(vip) for vip in vips if kernel.remove(vip)]
 
 
 class VipHolder:
@@ -22,8 +27,8 @@ class VipHolder:
     def __init__(
         self,
         vips: tuple[Vip, ...],
-        manager: VipManager,
-        announcer: Announcer,
+        manager: VipKernel,
+        announcer: Announcements,
         timers: AnnounceTimers,
         clock: Clock,
         log: Any,

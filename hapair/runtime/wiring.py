@@ -3,18 +3,23 @@ the node needs (election settings, GARP timers, the VIPs, what hooks are told)."
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hapair.config.model import Config
 from hapair.core.announce import AnnounceTimers
 from hapair.core.election import ElectionSettings
-from hapair.net.garp import Announcer
-from hapair.net.transport import UdpTransport
-from hapair.net.vip import Vip, VipManager
-from hapair.net.watch import ArpWatcher, NetlinkWatcher
+from hapair.net.vip import Vip
 from hapair.ops.hooks import HookContext
 from hapair.ops.systemd import Notifier
+from hapair.runtime.ports import (
+    Announcements,
+    ArpConflicts,
+    HeartbeatLinks,
+    NetlinkEvents,
+    VipKernel,
+)
 from hapair.wire.heartbeat import vip_digest
 
 if TYPE_CHECKING:  # the optional parts are imported only when configured (daemon RSS)
@@ -70,13 +75,14 @@ class PeerFeed:
 
 @dataclass
 class Adapters:
-    """The I/O edges the driver uses; the daemon opens them, tests may substitute fakes."""
+    """The I/O edges the driver uses: the daemon opens the real ones, the simulation passes
+    `hapair.testing.fakes` (see `hapair.runtime.ports`)."""
 
-    transport: UdpTransport
-    vips: VipManager
-    announcer: Announcer
-    netlink: NetlinkWatcher
-    arp: dict[str, ArpWatcher] = field(default_factory=dict)
+    transport: HeartbeatLinks
+    vips: VipKernel
+    announcer: Announcements
+    netlink: NetlinkEvents
+    arp: Mapping[str, ArpConflicts] = field(default_factory=dict)
     balancer: LocalBalancer | None = None
     metrics: Metrics | None = None
     systemd: Notifier | None = None
