@@ -108,9 +108,7 @@ class Node:
         now = clock.now()
         self.election = Election(election_settings(cfg), now, maintenance=state.maintenance)
         self.vips = vips_of(cfg)
-        self.holder = VipHolder(
-            self.vips, io.vips, io.announcer, announce_timers(cfg), clock, self.log
-        )
+        self.holder = VipHolder(self.vips, io.vips, io.announcer, announce_timers(cfg), self.log)
         if io.metrics is not None:
             self.holder.on_sent = io.metrics.garp_sent
         self.checks: list[Check] = build_checks(cfg.track, now)
@@ -210,14 +208,14 @@ class Node:
         self.lateness.threshold = late_threshold(cfg)
         if cfg.track != old.track:
             self.checks = build_checks(cfg.track, now)
-            self._initial_fitness()
-        failed = self.holder.change(vips_of(cfg), self.election.role is Role.MASTER)
+            self._initial_fitness(now)
+        failed = self.holder.change(vips_of(cfg), self.election.role is Role.MASTER, now)
         self.vips = self.holder.vips
         if failed:
-            self._handle(FitnessChanged(0, True, failed))
+            self._handle(FitnessChanged(0, True, failed), now)
         self.hooks.reconfigure(cfg.hook, hook_context(cfg))
-        self._perform(self.election.reconfigure(election_settings(cfg), now))
-        self._refresh_fitness()
+        self._perform(self.election.reconfigure(election_settings(cfg), now), now)
+        self._refresh_fitness(now)
         b = self.io.balancer
         pool = (b.specs, b.board.healthy()) if b is not None else None
         self.ops.reconfigured((str(v.address) for v in self.vips), pool)
@@ -233,17 +231,19 @@ class Node:
         """
         self.state = PersistentState(maintenance=on)
         durable = self.writer.submit(self.state)
-        actions = self.election.handle(MaintenanceChanged(on), self.clock.now())
+        now = self.clock.now()
+        actions = self.election.handle(MaintenanceChanged(on), now)
         self.log.info("maintenance_changed", on=on, role=self.election.role.name)
-        self._perform(actions)
+        self._perform(actions, now)
         self.wake()  # a step now: deadlines moved, and a resigning MASTER reads on arrival
         refused = [a for a in actions if isinstance(a, HandoverRefused)]
         return (refused[0].reason if refused else None), durable
 
     def request_handover(self) -> str | None:
         """Run a handover request now; return the refusal reason, or None if it started."""
-        actions = self.election.handle(HandoverRequested(), self.clock.now())
-        self._perform(actions)
+        now = self.clock.now()
+        actions = self.election.handle(HandoverRequested(), now)
+        self._perform(actions, now)
         self.wake()  # a step now: a resigning MASTER reads its peer's heartbeats on arrival
         refused = [a for a in actions if isinstance(a, HandoverRefused)]
         return refused[0].reason if refused else None
@@ -257,6 +257,10 @@ class Node:
         `_on_wake`, which runs one step and arms the timer for the next deadline; this
         coroutine only waits for the end (an idle wake-up then costs one callback, no future).
         """
+        if not isinstance(self.clock, MonotonicClock):
+            # Deadlines are armed as loop times: only the loop's own clock will do. (The
+            # simulation, on a fake clock, calls `wake_at` itself instead of `run`.)
+            raise TypeError(f"Node.run() needs MonotonicClock, not {type(self.clock).__name__}")
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._finished = loop.create_future()
@@ -299,7 +303,7 @@ class Node:
 
     def begin(self, now: float) -> None:
         """Before the first wake-up: the fitness as the interfaces are now; a step due now."""
-        self._initial_fitness()
+        self._initial_fitness(now)
         self._woke = self._deadline = now
 
     def _on_timer(self) -> None:
@@ -374,11 +378,7 @@ class Node:
                 return
             self._timer.cancel()
         self._timer_at = deadline
-        if isinstance(self.clock, MonotonicClock):  # the loop's own clock: no read needed
-            self._timer = loop.call_at(deadline, self._on_timer)
-        else:
-            delay = max(0.0, deadline - self.clock.now())
-            self._timer = loop.call_later(delay, self._on_timer)
+        self._timer = loop.call_at(deadline, self._on_timer)  # the clock is the loop's: run()
 
     def _lazy(self) -> bool:
         """True when the peer's heartbeats can wait for this node's own next deadline.
@@ -447,17 +447,17 @@ class Node:
             return False
         readable, self._readable = self._readable, set()
         if "netlink" in readable:
-            self._read_netlink()
+            self._read_netlink(now)
         if "arp" in readable:
-            self._read_arp()
+            self._read_arp(now)
         if "discovery" in readable:
-            self._read_discovery()
+            self._read_discovery(now)
         pending, self._pending = self._pending, []
         for event in pending:
             self._handle(event, now)
         self._handle(_TICK, now)
         self._answer_conflict(now)
-        self.holder.run_announcements()
+        self.holder.run_announcements(now)
         self._start_due_probes(now)
         self._start_backend_probes()
         self.ops.step_done(now, self._held_vips())
@@ -471,9 +471,8 @@ class Node:
             self._held_names = tuple(str(v.address) for v in held)
         return self._held_names
 
-    def _handle(self, event: Event, now: float | None = None) -> None:
-        when = self.clock.now() if now is None else now
-        self._perform(self.election.handle(event, when))
+    def _handle(self, event: Event, now: float) -> None:
+        self._perform(self.election.handle(event, now), now)
 
     # -- inputs --------------------------------------------------------------------------
 
@@ -495,7 +494,7 @@ class Node:
             self._send_heartbeat(False)
         return news
 
-    def _read_discovery(self) -> None:
+    def _read_discovery(self, now: float) -> None:
         """Feed discovery's news to the finder; point the transport at the chosen peer.
 
         Sticky: a peer that vanished keeps its addresses until another is chosen (its
@@ -504,7 +503,7 @@ class Node:
         feed = self.io.discovery
         if feed is None:
             return
-        peer = feed.poll(self.cfg.cluster.name, self.clock.now())
+        peer = feed.poll(self.cfg.cluster.name, now)
         if peer is None or peer.addresses == self.io.transport.peers:
             return
         self.io.transport.set_peers(peer.addresses)
@@ -513,15 +512,15 @@ class Node:
             addresses=[str(a) for a in peer.addresses], reason="mdns",
         )  # fmt: skip
 
-    def _read_netlink(self) -> None:
+    def _read_netlink(self, now: float) -> None:
         for ev in self.io.netlink.read_events():
             if isinstance(ev, AddressRemoved):
-                self._on_address_removed(ev)
+                self._on_address_removed(ev, now)
             elif isinstance(ev, EventsLost):
                 self._macs.clear()
                 if self.election.role is Role.MASTER:
                     for vip in self.holder.missing():
-                        self.holder.restore(vip)
+                        self.holder.restore(vip, now)
             elif (
                 isinstance(ev, CarrierChanged)
                 and ev.interface in self.carrier
@@ -531,23 +530,22 @@ class Node:
                 self._macs.pop(ev.interface, None)
                 log = self.log.info if ev.up else self.log.warning
                 log("carrier_changed", interface=ev.interface, up=ev.up)
-                self._refresh_fitness()
+                self._refresh_fitness(now)
 
-    def _on_address_removed(self, ev: AddressRemoved) -> None:
+    def _on_address_removed(self, ev: AddressRemoved, now: float) -> None:
         for vip in self.vips:
             if (
                 vip.interface == ev.interface
                 and vip.address == ev.address
                 and self.election.role is Role.MASTER
             ):
-                self.holder.restore(vip)
+                self.holder.restore(vip, now)
 
-    def _read_arp(self) -> None:
+    def _read_arp(self, now: float) -> None:
         if self.election.role is not Role.MASTER:
             for w in self.io.arp.values():
                 w.read_conflicts((), b"")  # drain and discard
             return
-        now = self.clock.now()
         for ifname, watcher in self.io.arp.items():
             mine = [
                 v.address.ip
@@ -578,11 +576,11 @@ class Node:
             self.log.warning("vip_conflict", vip=vip, mac=mac, action="re-announce")
             self.ops.vip_conflict()
         self.conflicts.answered(list(conflicts), now)
-        self.holder.announce("conflict", second_burst=False)
+        self.holder.announce("conflict", second_burst=False, now=now)
 
     # -- fitness -------------------------------------------------------------------------
 
-    def _initial_fitness(self) -> None:
+    def _initial_fitness(self, now: float) -> None:
         interfaces = {v.interface for v in self.vips}
         interfaces |= {
             c.track.interface for c in self.checks if isinstance(c.track, InterfaceTrack)
@@ -592,9 +590,9 @@ class Node:
         for c in self.checks:
             if isinstance(c.track, InterfaceTrack) and not self.carrier[c.track.interface]:
                 c.state.up = False
-        self._refresh_fitness()
+        self._refresh_fitness(now)
 
-    def _refresh_fitness(self) -> None:
+    def _refresh_fitness(self, now: float) -> None:
         """Recompute effective priority and fault from the current state of every check."""
         failing: list[tuple[str, int | str]] = []
         for v in {v.interface for v in self.vips}:
@@ -617,7 +615,7 @@ class Node:
                 fault=fit.fault,
                 reason=fit.reason,
             )
-            self._handle(FitnessChanged(fit.effective_priority, fit.fault, fit.reason))
+            self._handle(FitnessChanged(fit.effective_priority, fit.fault, fit.reason), now)
             self.ops.priority_changed(fit.effective_priority)
 
     def _start_due_probes(self, now: float) -> None:
@@ -639,36 +637,39 @@ class Node:
     def _balancer_failed(self, exc: BalancerError) -> None:
         """The data plane refused a change: this node cannot serve, so the peer should."""
         self.log.error("balancer_failed", error=str(exc))
-        self._handle(FitnessChanged(0, True, "balancer_failed"))
+        self._handle(FitnessChanged(0, True, "balancer_failed"), self.clock.now())
 
     def _balancer_started(self, ok: bool) -> None:
         """The cold balancer's start finished: announce the VIP now (a failure already put
         the node in FAULT, which released it)."""
         held, self._held_announce = self._held_announce, None
         if ok and held is not None and self.election.role is Role.MASTER:
-            self.holder.announce(held.reason, second_burst=held.reason == "takeover")
+            self.holder.announce(
+                held.reason, second_burst=held.reason == "takeover", now=self.clock.now()
+            )
 
     async def _probe(self, check: Check) -> None:
         ok = await run_probe(check.argv, check.track.timeout)
         check.running = False
-        check.next_due = self.clock.now() + check.track.interval
+        now = self.clock.now()
+        check.next_due = now + check.track.interval
         if check.state.record(ok):
             self.log.info("track_changed", check=check.name, up=check.state.up)
-            self._refresh_fitness()
+            self._refresh_fitness(now)
         self.wake()
 
     # -- actions -------------------------------------------------------------------------
 
-    def _perform(self, actions: list[Action]) -> None:
+    def _perform(self, actions: list[Action], now: float) -> None:
         for action in actions:
             if not isinstance(action, SendHeartbeat | Announce):
                 self.ops.changed()
             if isinstance(action, RoleChanged):
-                self._on_role_changed(action)
+                self._on_role_changed(action, now)
             elif isinstance(action, AcquireVips):
                 failed = self.holder.acquire(action.reason)
                 if failed:
-                    self._handle(FitnessChanged(0, True, failed))
+                    self._handle(FitnessChanged(0, True, failed), now)
                 elif self.balancing is not None and self.election.role is Role.MASTER:
                     self.balancing.start_cold()
             elif isinstance(action, ReleaseVips):
@@ -677,7 +678,8 @@ class Node:
                 if self.balancing is not None and self.balancing.starting:
                     self._held_announce = action  # announced once the balancer serves
                 else:
-                    self.holder.announce(action.reason, second_burst=action.reason == "takeover")
+                    second = action.reason == "takeover"
+                    self.holder.announce(action.reason, second_burst=second, now=now)
             elif isinstance(action, SendHeartbeat):
                 self._send_heartbeat(action.resigning)
             elif isinstance(action, PeerLost):
@@ -696,9 +698,9 @@ class Node:
     def _peer_names(self) -> str:
         return " ".join(sorted(self.election.peers))
 
-    def _on_role_changed(self, action: RoleChanged) -> None:
+    def _on_role_changed(self, action: RoleChanged, now: float) -> None:
         e = self.election
-        self.ops.role_changed(action, e.effective_priority, self._peer_names(), self.clock.now())
+        self.ops.role_changed(action, e.effective_priority, self._peer_names(), now)
         if action.to_role is not Role.MASTER:
             self.holder.schedule.stop()
             self._held_announce = None
@@ -723,21 +725,22 @@ class Node:
 
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot for ``hapair status``."""
+        now = self.clock.now()
         status = build_status(
             self.cfg,
             self.election,
             held=self.holder.held,
             rejected=self.heartbeats.rejected(),
-            now=self.clock.now(),
+            now=now,
             transition_wall=self.ops.last_transition_wall,
             started_wall=self.started_wall,
             drops=self.io.transport.drops(),
         )
         if self.io.balancer is not None:
             status["balancer"] = self.io.balancer.status()
-        status["transitions"] = self.ops.transitions_at(self.clock.now())
+        status["transitions"] = self.ops.transitions_at(now)
         status["state_save_failures"] = self.writer.failures
-        status["loop"] = self.lateness.snapshot_at(self.clock.now())
+        status["loop"] = self.lateness.snapshot_at(now)
         return status
 
     def shutdown(self) -> None:

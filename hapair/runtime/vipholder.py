@@ -12,7 +12,6 @@ from typing import Any
 from hapair.core.announce import AnnounceSchedule, AnnounceTimers
 from hapair.errors import VipError
 from hapair.net.vip import Vip
-from hapair.runtime.clock import Clock
 from hapair.runtime.ports import Announcements, VipKernel
 
 
@@ -30,14 +29,12 @@ class VipHolder:
         manager: VipKernel,
         announcer: Announcements,
         timers: AnnounceTimers,
-        clock: Clock,
         log: Any,
     ) -> None:
         self.vips = vips
         self.manager = manager
         self.announcer = announcer
         self.schedule = AnnounceSchedule(timers)
-        self.clock = clock
         self.log = log
         self.held: set[Vip] = set()
         self._logged: set[str] = set()
@@ -78,7 +75,7 @@ class VipHolder:
             if removed:
                 self.log.info("vip_released", vip=str(vip.address), reason=reason)
 
-    def restore(self, vip: Vip) -> None:
+    def restore(self, vip: Vip, now: float) -> None:
         """A held VIP vanished behind our back: put it back and announce it."""
         if vip not in self.held:
             return
@@ -89,7 +86,7 @@ class VipHolder:
             self.log.error("vip_restore_failed", vip=str(vip.address), error=str(exc))
             return
         self.log.info("vip_restored", vip=str(vip.address), interface=vip.interface)
-        self.announce("restored", second_burst=False)
+        self.announce("restored", second_burst=False, now=now)
 
     def missing(self) -> list[Vip]:
         """Held VIPs that are no longer on their interface (after netlink lost events)."""
@@ -103,7 +100,7 @@ class VipHolder:
                 out.append(vip)
         return out
 
-    def change(self, new: tuple[Vip, ...], master: bool) -> str | None:
+    def change(self, new: tuple[Vip, ...], master: bool, now: float) -> str | None:
         """Apply a reloaded VIP set; VIPs in both sets are not touched."""
         dropped = tuple(v for v in self.vips if v not in new and v in self.held)
         added = [v for v in new if v not in self.vips]
@@ -113,18 +110,18 @@ class VipHolder:
             failed = self.acquire("added_by_reload")
             if failed:
                 return failed
-            self.announce("reload", second_burst=True)
+            self.announce("reload", second_burst=True, now=now)
         return None
 
-    def announce(self, reason: str, second_burst: bool) -> None:
-        """Start a burst now (logged once), then send what is due."""
+    def announce(self, reason: str, second_burst: bool, now: float) -> None:
+        """Start a burst at `now` (logged once), then send what is due."""
         self._logged -= {reason, "second", "refresh"}
-        self.schedule.start(self.clock.now(), reason, second_burst=second_burst)
-        self.run_announcements()
+        self.schedule.start(now, reason, second_burst=second_burst)
+        self.run_announcements(now)
 
-    def run_announcements(self) -> None:
-        """Send every announcement round that is due."""
-        for reason in self.schedule.due(self.clock.now()):
+    def run_announcements(self, now: float) -> None:
+        """Send every announcement round that is due at `now`."""
+        for reason in self.schedule.due(now):
             frames = 0
             for vip in self.held:
                 try:

@@ -7,6 +7,7 @@ that no step on the way broke them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from ipaddress import IPv4Address, ip_interface
 
@@ -256,3 +257,10 @@ def test_the_checker_catches_a_broken_invariant(sim: DriverSim) -> None:
     sim.host("b").kernel.addresses.add(Vip(ip_interface(VIP), "eth0"))
     with pytest.raises(AssertionError, match="b is BACKUP but holds VIPs"):
         sim.run_for(INTERVAL * 2)
+
+
+def test_the_asyncio_loop_refuses_a_clock_that_is_not_its_own(sim: DriverSim) -> None:
+    """Deadlines are armed as loop times; a fake clock is for `wake_at`, never for `run`."""
+    node = sim.start("a")
+    with pytest.raises(TypeError, match="MonotonicClock"):
+        asyncio.run(node.run())
