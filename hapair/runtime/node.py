@@ -14,7 +14,7 @@ from ipaddress import IPv4Address
 from typing import Any, Final
 
 from hapair.balancer.health import HealthChange
-from hapair.config.model import Config, InterfaceTrack
+from hapair.config.model import Config
 from hapair.core.actions import (
     AcquireVips,
     Action,
@@ -38,7 +38,6 @@ from hapair.core.events import (
     ShutdownRequested,
     Tick,
 )
-from hapair.core.priority import compute_fitness
 from hapair.core.roles import Role
 from hapair.errors import BalancerError
 from hapair.log import get_logger
@@ -53,6 +52,7 @@ from hapair.ops.hooks import HookRunner
 from hapair.runtime.balancing import BalancerDriver
 from hapair.runtime.clock import Clock, CpuWait, MonotonicClock
 from hapair.runtime.conflicts import ConflictResponder
+from hapair.runtime.fitness import FitnessTracker
 from hapair.runtime.heartbeats import Heartbeats, LinkCopy, Outgoing
 from hapair.runtime.lateness import DEFAULT_THRESHOLD, LatenessMeter
 from hapair.runtime.ops_notify import OpsNotifier
@@ -112,7 +112,7 @@ class Node:
         if io.metrics is not None:
             self.holder.on_sent = io.metrics.garp_sent
         self.checks: list[Check] = build_checks(cfg.track, now)
-        self.carrier: dict[str, bool] = {}
+        self.fitness = FitnessTracker(cfg.node.priority, (v.interface for v in self.vips), [])
         self.started_wall = time.time()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._finished: asyncio.Future[None] | None = None
@@ -215,6 +215,8 @@ class Node:
             self._handle(FitnessChanged(0, True, failed), now)
         self.hooks.reconfigure(cfg.hook, hook_context(cfg))
         self._perform(self.election.reconfigure(election_settings(cfg), now), now)
+        self.fitness.base = cfg.node.priority
+        self.fitness.vip_interfaces = frozenset(v.interface for v in self.vips)
         self._refresh_fitness(now)
         b = self.io.balancer
         pool = (b.specs, b.board.healthy()) if b is not None else None
@@ -521,12 +523,9 @@ class Node:
                 if self.election.role is Role.MASTER:
                     for vip in self.holder.missing():
                         self.holder.restore(vip, now)
-            elif (
-                isinstance(ev, CarrierChanged)
-                and ev.interface in self.carrier
-                and self.carrier[ev.interface] != ev.up
+            elif isinstance(ev, CarrierChanged) and self.fitness.carrier_changed(
+                ev.interface, ev.up
             ):
-                self.carrier[ev.interface] = ev.up
                 self._macs.pop(ev.interface, None)
                 log = self.log.info if ev.up else self.log.warning
                 log("carrier_changed", interface=ev.interface, up=ev.up)
@@ -581,31 +580,17 @@ class Node:
     # -- fitness -------------------------------------------------------------------------
 
     def _initial_fitness(self, now: float) -> None:
-        interfaces = {v.interface for v in self.vips}
-        interfaces |= {
-            c.track.interface for c in self.checks if isinstance(c.track, InterfaceTrack)
-        }
-        for ifname in interfaces:
-            self.carrier[ifname] = self.io.vips.carrier(ifname)
-        for c in self.checks:
-            if isinstance(c.track, InterfaceTrack) and not self.carrier[c.track.interface]:
-                c.state.up = False
+        """A new fitness tracker (start, or a reload of the checks or the priority) with the
+        carrier of its interfaces as the kernel has it now."""
+        self.fitness = FitnessTracker(
+            self.cfg.node.priority, (v.interface for v in self.vips), self.checks
+        )
+        self.fitness.start({name: self.io.vips.carrier(name) for name in self.fitness.interfaces()})
         self._refresh_fitness(now)
 
     def _refresh_fitness(self, now: float) -> None:
-        """Recompute effective priority and fault from the current state of every check."""
-        failing: list[tuple[str, int | str]] = []
-        for v in {v.interface for v in self.vips}:
-            if not self.carrier.get(v, True):
-                failing.append((f"carrier_lost:{v}", "fault"))
-        for c in self.checks:
-            if isinstance(c.track, InterfaceTrack):
-                down = not self.carrier.get(c.track.interface, True)
-                if down != c.failing:
-                    c.state.up = not down
-            if c.failing:
-                failing.append((c.name, c.weight))
-        fit = compute_fitness(self.cfg.node.priority, failing)  # type: ignore[arg-type]
+        """Tell the election when the effective priority or fault changed."""
+        fit = self.fitness.evaluate()
         if fit.effective_priority != self.election.effective_priority or (
             fit.fault != self.election.fault
         ):
