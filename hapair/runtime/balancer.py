@@ -30,7 +30,7 @@ def probe_spec(cfg: Balancer, b: Backend) -> ProbeSpec:
 
 def build_plane(cfg: Config, log: Any = None) -> DataPlane:
     """The data plane for ``cfg.balancer`` with this instance's run directory and VIP link."""
-    from hapair.balancer.factory import make_plane
+    from hapair.balancer.kinds import make_plane
 
     balancer = cfg.balancer
     if balancer is None:
