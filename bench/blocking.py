@@ -125,8 +125,8 @@ def dns_rows(runs: int) -> list[tuple[str, tuple[float, float]]]:
 
 def inner(runs: int) -> None:
     from hapair.balancer.dr import IpLinks
-    from hapair.balancer.nat import nft_binary, nft_load
-    from hapair.balancer.nft import NatBackend, NatService, render_ruleset
+    from hapair.balancer.nat import NatBackend, NatService, render_ruleset
+    from hapair.balancer.nft import nft_binary, nft_load
     from hapair.net.vip import Vip, VipManager
 
     rows: list[tuple[str, tuple[float, float]]] = []

@@ -49,6 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a file and explain its timers."""
+    from hapair.balancer.explain import explain_balancer
     from hapair.config import load_config
     from hapair.config.explain import config_warnings, explain_timers
 
@@ -57,7 +58,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"{args.file}: OK (cluster {cfg.cluster.name!r}, node {cfg.node.name!r}, "
         f"priority {cfg.node.priority}, {len(cfg.vip)} VIP(s))"
     )
-    for line in explain_timers(cfg):
+    lines = explain_timers(cfg)
+    if cfg.balancer is not None:
+        lines += explain_balancer(cfg.balancer)
+    for line in lines:
         print(f"  {line}")
     for line in config_warnings(cfg):
         print(f"  warning: {line}")

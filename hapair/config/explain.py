@@ -1,10 +1,13 @@
-"""Plain-language timing summary and warnings for `hapair check-config`."""
+"""Plain-language timing summary and warnings for `hapair check-config`.
+
+The ``[balancer]`` lines come from ``hapair.balancer.explain``: each kind's label and needs
+are its record in ``hapair.balancer.kinds``, which configuration does not import.
+"""
 
 from __future__ import annotations
 
 from typing import Final
 
-from hapair.config.balancer import Balancer
 from hapair.config.duration import format_duration as fmt
 from hapair.config.model import Config, GatewayTrack, InterfaceTrack, Track
 
@@ -61,63 +64,6 @@ def explain_timers(cfg: Config) -> list[str]:
         garp_line += "; no periodic re-announcement"
     lines.append(garp_line)
     lines.extend(_explain_track(index, track) for index, track in enumerate(cfg.track))
-    if cfg.balancer is not None:
-        lines.extend(explain_balancer(cfg.balancer))
-    return lines
-
-
-_KIND_LABEL: Final = {
-    "nat": "L4 NAT (nftables DNAT)",
-    "dr": "direct routing (nftables MAC rewrite)",
-    "redirect": "HTTP 302 redirect (nginx)",
-    "dns": "DNS round robin (hapair's responder)",
-}
-_HOST_NEEDS: Final = {
-    "nat": "net.ipv4.ip_forward=1 on both nodes (hapair run checks)",
-    "dr": "`hapair realserver up VIP` on every backend",
-}
-
-
-def explain_balancer(b: Balancer) -> list[str]:
-    """What the ``[balancer]`` will do: kind, pool, when backends leave and return."""
-    if b.kind == "proxy":
-        label = f"reverse proxy ({b.proxy_options.engine})"
-    else:
-        label = _KIND_LABEL[b.kind]
-    address, port = b.listen
-    listen = f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
-    weighted = b.scheduler in ("weighted", "source-hash")
-    pool = ", ".join(
-        f"{b_.address[0]}:{b_.address[1]}" + (f" (weight {b_.weight})" if weighted else "")
-        for b_ in b.backend
-    )
-    mode = (
-        "hot: runs on both nodes, only the VIP moves"
-        if b.mode == "hot"
-        else "cold: started on becoming MASTER, stopped on leaving it"
-    )
-    lines = [
-        f"balancer: {label} on {listen}, {b.scheduler} over {len(b.backend)} backend(s): {pool}",
-        f"balancer mode: {mode}",
-    ]
-    checks = [("each backend", b.check)]
-    checks += [(f"backend[{i}]", x.check) for i, x in enumerate(b.backend) if x.check is not None]
-    for who, check in checks:
-        if check.kind == "none":
-            lines.append(f"probes ({who}): none; always in the pool")
-            continue
-        lines.append(
-            f"probes ({who}): {check.kind} every {fmt(check.interval)}; out of the pool after"
-            f" {check.fall} failures (≤ {fmt(check.fall * check.interval + check.timeout)}),"
-            f" back after {check.rise} successes"
-        )
-    needs = _HOST_NEEDS.get(b.kind)
-    if b.kind == "proxy" and b.mode == "hot" and b.proxy_options.engine == "nginx":
-        needs = "net.ipv4.ip_nonlocal_bind=1 on both nodes: nginx binds the VIP before holding it"
-    if b.kind == "redirect" and b.mode == "hot":
-        needs = "net.ipv4.ip_nonlocal_bind=1 on both nodes: nginx binds the VIP before holding it"
-    if needs:
-        lines.append(f"balancer needs: {needs}")
     return lines
 
 

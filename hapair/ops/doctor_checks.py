@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from hapair.balancer.engine import SBIN, check_nonlocal_bind, engine_of
-from hapair.balancer.nat import check_forwarding
+from hapair.balancer.engine import SBIN
+from hapair.balancer.kinds import Program, spec_for
 from hapair.config import Config, ConfigError, read_secret
 from hapair.config.fields import IpAddress
 from hapair.errors import BalancerError
@@ -139,47 +139,22 @@ def check_interfaces(cfg: Config, sys_root: Path = Path("/sys")) -> list[Finding
 
 
 def check_balancer_sysctls(cfg: Config, proc_sys: Path = Path("/proc/sys")) -> list[Finding]:
-    """The kernel settings the balancer's kind and mode need on this node (balancer's checks)."""
+    """The kernel settings the balancer's kind and mode need on this node (the kind's record).
+
+    The first unmet setting ends the list: its fix comes before any note that follows it.
+    """
     b = cfg.balancer
     if b is None:
         return [ok("sysctl", "no [balancer]: no forwarding or non-local bind needed")]
-    version = b.listen[0].version
-    if b.kind == "nat":
-        key = "net.ipv4.ip_forward" if version == 4 else "net.ipv6.conf.all.forwarding"
-        try:
-            check_forwarding(b, proc_sys / "net")
-        except BalancerError as exc:
-            return [Finding("sysctl", "error", str(exc), sysctl_fix(key, 1))]
-        out = [ok("sysctl", f"{key} = 1 (nat forwards the clients' packets)")]
-        if not b.masquerade:
-            out.append(
-                ok(
-                    "sysctl",
-                    "nat without masquerade: each backend must route its replies through the"
-                    " MASTER (a VIP as its gateway); doctor cannot check that from here",
-                )
-            )
-        return out
-    if b.kind == "dr":
-        message = (
-            "dr needs no sysctl on this node (no forwarding); each backend needs"
-            f" `hapair realserver up {b.listen[0]}` (arp_ignore=1, arp_announce=2, the VIP on"
-            " lo), which doctor cannot check from here"
-        )
-        return [ok("sysctl", message)]
-    if b.kind == "dns":
-        return [ok("sysctl", "dns: the responder binds with IP_FREEBIND; no sysctl needed")]
-    engine = engine_of(b)
-    key = f"net.ipv{version}.ip_nonlocal_bind"
-    if b.mode == "cold":
-        return [ok("sysctl", f"cold mode: {engine} starts once the VIP is here; no {key}")]
-    if engine == "haproxy":
-        return [ok("sysctl", f"hot haproxy binds the VIP `transparent`: no {key} needed")]
-    try:
-        check_nonlocal_bind(b, proc_sys / "net")
-    except BalancerError as exc:
-        return [Finding("sysctl", "error", str(exc), sysctl_fix(key, 1))]
-    return [ok("sysctl", f"{key} = 1 (hot nginx listens on the VIP while BACKUP)")]
+    out: list[Finding] = []
+    for need in spec_for(b.kind).host(b):
+        if need.check is not None and need.sysctl is not None:
+            try:
+                need.check(b, proc_sys / "net")
+            except BalancerError as exc:
+                return [Finding("sysctl", "error", str(exc), sysctl_fix(need.sysctl, 1))]
+        out.append(ok("sysctl", need.message))
+    return out
 
 
 def check_arp(
@@ -236,14 +211,12 @@ def check_arp(
 
 def tools_needed(cfg: Config) -> list[str]:
     """Programs the configured balancer runs (the daemon itself needs none)."""
+    return [p.name for p in _programs(cfg)]
+
+
+def _programs(cfg: Config) -> tuple[Program, ...]:
     b = cfg.balancer
-    if b is None or b.kind == "dns":
-        return []
-    if b.kind == "nat":
-        return ["nft"]
-    if b.kind == "dr":
-        return ["nft", "ip"]
-    return [engine_of(b)]
+    return () if b is None else spec_for(b.kind).programs(b)
 
 
 def find_program(name: str) -> str | None:
@@ -254,15 +227,16 @@ def find_program(name: str) -> str | None:
 def check_tools(cfg: Config, which: Callable[[str], str | None] = find_program) -> list[Finding]:
     """The balancer's programs are installed; report the version each one gives."""
     b = cfg.balancer
-    if b is None or not tools_needed(cfg):
+    programs = _programs(cfg)
+    if b is None or not programs:
         return [ok("tools", "no external program needed for this configuration")]
     out: list[Finding] = []
-    for name in tools_needed(cfg):
-        configured = b.proxy_options.binary if b.kind == "proxy" else None
+    for program in programs:
+        name, configured = program.name, program.configured
         path = configured or which(name)
         if configured and not (Path(configured).is_file() and os.access(configured, os.X_OK)):
-            message = f"balancer.proxy.binary: {configured} is not an executable file"
-            fix = f"set balancer.proxy.binary to {name}'s path, or remove it to use PATH"
+            message = f"{program.setting}: {configured} is not an executable file"
+            fix = f"set {program.setting} to {name}'s path, or remove it to use PATH"
             out.append(Finding("tools", "error", message, fix))
         elif path is None:
             message = f"{name} is not installed; the {b.kind} balancer needs it"

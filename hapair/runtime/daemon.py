@@ -170,7 +170,7 @@ class Daemon:
             mdns, feed = self._start_discovery(cfg, stack)
             balancer = None
             if cfg.balancer is not None:
-                from hapair.runtime.balancer import LocalBalancer, build_plane
+                from hapair.runtime.balancing import LocalBalancer, build_plane
 
                 plane = build_plane(cfg, self.log)
                 balancer = LocalBalancer(cfg.balancer, clock.now(), plane)
@@ -515,7 +515,7 @@ def run_daemon(config_path: str, log_format: str | None = None) -> int:
     finally:
         vips.close()
     if cfg.balancer is not None:
-        from hapair.runtime.balancer import build_plane
+        from hapair.runtime.balancing import build_plane
 
         try:
             build_plane(cfg).preflight()

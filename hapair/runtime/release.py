@@ -75,7 +75,7 @@ def release(config_path: str, force: bool = False) -> ReleaseReport:
     finally:
         vips.close()
     if cfg.balancer is not None and not live:
-        from hapair.runtime.balancer import build_plane
+        from hapair.runtime.balancing import build_plane
 
         try:
             if build_plane(cfg).remove():

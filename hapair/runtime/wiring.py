@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # the optional parts are imported only when configured (daemo
     from hapair.ops.mdns import Announcer as MdnsAnnouncer
     from hapair.ops.mdns import PeerWatch
     from hapair.ops.metrics import Metrics
-    from hapair.runtime.balancer import LocalBalancer
+    from hapair.runtime.balancing import LocalBalancer
 
 
 def election_settings(cfg: Config) -> ElectionSettings:

@@ -19,8 +19,7 @@ pytestmark = [
 
 APPLY = """
 import ipaddress, sys
-from hapair.balancer.nat import NatDataPlane
-from hapair.balancer.nft import NatBackend, NatService
+from hapair.balancer.nat import NatBackend, NatDataPlane, NatService
 sched, weights, vip, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 masquerade = sys.argv[5] == "masquerade"
 backends = tuple(

@@ -150,7 +150,7 @@ def test_listen_address_must_be_one_of_the_vips() -> None:
 
 
 def test_check_config_explains_the_balancer() -> None:
-    from hapair.config.explain import explain_balancer
+    from hapair.balancer.explain import explain_balancer
 
     cfg = validate_config(with_balancer({
         "kind": "proxy", "listen": "10.0.0.50:80", "scheduler": "weighted",

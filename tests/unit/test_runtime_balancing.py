@@ -12,8 +12,7 @@ from hapair.balancer.health import HealthChange
 from hapair.balancer.plane import Pool
 from hapair.config.load import validate_config
 from hapair.errors import BalancerError
-from hapair.runtime.balancer import LocalBalancer
-from hapair.runtime.balancing import BalancerDriver
+from hapair.runtime.balancing import BalancerDriver, LocalBalancer
 from hapair.testing.clock import FakeClock
 from hapair.testing.worker import ManualWorker
 

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from hapair.balancer.nft import NatBackend, NatService, render_ruleset
+from hapair.balancer.nat import NatBackend, NatService, render_ruleset
 
 VIP = ipaddress.ip_address("10.77.0.50")
 R1 = NatBackend(ipaddress.ip_address("10.77.0.21"), 8080, weight=2)

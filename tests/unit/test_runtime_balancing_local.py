@@ -11,7 +11,7 @@ from hapair.balancer.nat import check_forwarding
 from hapair.balancer.plane import Pool
 from hapair.config.load import validate_config
 from hapair.errors import BalancerError
-from hapair.runtime.balancer import LocalBalancer
+from hapair.runtime.balancing import LocalBalancer
 
 
 class RecordingPlane:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hapair.balancer.nft import NatBackend, NatService, render_rule, render_ruleset, slots
+from hapair.balancer.nat import NatBackend, NatService, render_rule, render_ruleset, slots
 
 VIP = ipaddress.ip_address("10.77.0.50")
 R1 = NatBackend(ipaddress.ip_address("10.77.0.21"), 8080, weight=2)
