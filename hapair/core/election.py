@@ -30,6 +30,7 @@ from hapair.core.actions import (
     Stopped,
     VipSetMismatch,
 )
+from hapair.core.advert import Advert, interval_ms
 from hapair.core.events import (
     Event,
     FitnessChanged,
@@ -91,18 +92,11 @@ class PeerState:
     """What this node knows of one peer, from its last heartbeat."""
 
     node: str
-    role: Role
-    base_priority: int
-    effective_priority: int
-    resigning: bool
-    term: int
-    interval: float
-    vip_digest: bytes
+    advert: Advert
     last_heard: float
     links: dict[str, float] = field(default_factory=dict)
     alive: bool = True
     split_reported: bool = False
-    maintenance: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +115,7 @@ def rank(priority: int, node: str) -> tuple[int, bytes]:
 
 
 def _peer_rank(peer: PeerState) -> tuple[int, bytes]:
-    return rank(peer.effective_priority, peer.node)
+    return rank(peer.advert.effective_priority, peer.node)
 
 
 class Election:
@@ -162,6 +156,20 @@ class Election:
     def shutting_down(self) -> bool:
         """True once a shutdown was requested (the node resigns, then stops)."""
         return self._shutting_down
+
+    def advert(self, resigning: bool = False) -> Advert:
+        """What this node's next heartbeat says (``resigning`` also when it is resigning)."""
+        s = self.settings
+        return Advert(
+            role=self.role,
+            base_priority=s.priority,
+            effective_priority=self.effective_priority,
+            resigning=resigning or self.resigning,
+            term=self.term,
+            interval_ms=interval_ms(s.interval),
+            vip_digest=s.vip_digest,  # follows a reload
+            maintenance=self.maintenance,
+        )
 
     def next_deadline(self) -> float:
         """The next time at which ``handle(Tick(), now)`` has something to do."""
@@ -231,53 +239,36 @@ class Election:
         if hb.node == self.settings.node:
             return
         peer = self.peers.get(hb.node)
+        a = hb.advert
         if peer is None:
             if len(self.peers) >= MAX_PEERS:
                 return
-            peer = PeerState(
-                node=hb.node,
-                role=hb.role,
-                base_priority=hb.base_priority,
-                effective_priority=hb.effective_priority,
-                resigning=hb.resigning,
-                term=hb.term,
-                interval=hb.interval,
-                vip_digest=hb.vip_digest,
-                last_heard=now,
-                maintenance=hb.maintenance,
-            )
+            peer = PeerState(hb.node, a, last_heard=now)
             self.peers[hb.node] = peer
             out.append(PeerFound(hb.node, "first_heartbeat"))
-            if hb.vip_digest != self.settings.vip_digest:
+            if a.vip_digest != self.settings.vip_digest:
                 out.append(VipSetMismatch(hb.node, "peer announces a different VIP set"))
         else:
             if not peer.alive:
                 peer.alive = True
                 out.append(PeerFound(hb.node, "heard_again"))
-            if hb.vip_digest != peer.vip_digest and hb.vip_digest != self.settings.vip_digest:
+            if a.vip_digest != peer.advert.vip_digest and a.vip_digest != self.settings.vip_digest:
                 out.append(VipSetMismatch(hb.node, "peer announces a different VIP set"))
-            if hb.role is not Role.MASTER:
+            if a.role is not Role.MASTER:
                 peer.split_reported = False
-            peer.role = hb.role
-            peer.base_priority = hb.base_priority
-            peer.effective_priority = hb.effective_priority
-            peer.resigning = hb.resigning
-            peer.term = hb.term
-            peer.interval = hb.interval
-            peer.vip_digest = hb.vip_digest
-            peer.maintenance = hb.maintenance
+            peer.advert = a
             peer.last_heard = now
         peer.links[hb.link] = now
-        if hb.term > self.term:
-            if self.role is Role.MASTER and hb.role is not Role.MASTER and not hb.resigning:
+        if a.term > self.term:
+            if self.role is Role.MASTER and a.role is not Role.MASTER and not a.resigning:
                 # The peer took over after us while we could not hear each other, and has
                 # already yielded: clients may still have its MAC, so announce ours now.
                 out.append(SplitBrain(hb.node, "peer held the VIP with a newer term; it yielded"))
                 out.append(Announce("split_brain"))
                 out.append(SendHeartbeat("split_brain"))
-                self.term = hb.term + 1
+                self.term = a.term + 1
             elif self.role is not Role.MASTER:
-                self.term = hb.term
+                self.term = a.term
 
     def _on_fitness(self, ev: FitnessChanged, now: float, out: list[Action]) -> None:
         changed = ev.effective_priority != self.effective_priority or ev.fault != self.fault
@@ -336,7 +327,7 @@ class Election:
     # -- the rules ---------------------------------------------------------------------------
 
     def _dead_time(self, peer: PeerState) -> float:
-        return self.settings.dead_time(peer.interval, self.effective_priority or 1)
+        return self.settings.dead_time(peer.advert.interval, self.effective_priority or 1)
 
     def _dead_time_max(self) -> float:
         return self.settings.dead_time(self.settings.interval, 1)
@@ -354,7 +345,9 @@ class Election:
     def _live_masters(self) -> list[PeerState]:
         """Peers that are alive, MASTER and not leaving."""
         return [
-            p for p in self.peers.values() if p.alive and p.role is Role.MASTER and not p.resigning
+            p
+            for p in self.peers.values()
+            if p.alive and p.advert.role is Role.MASTER and not p.advert.resigning
         ]
 
     def _contenders(self, now: float, include_lower: bool) -> list[PeerState]:
@@ -364,9 +357,9 @@ class Election:
             p
             for p in self.peers.values()
             if p.alive
-            and not p.resigning
-            and not p.maintenance
-            and p.role is not Role.FAULT
+            and not p.advert.resigning
+            and not p.advert.maintenance
+            and p.advert.role is not Role.FAULT
             and (include_lower or _peer_rank(p) > mine)
         ]
 
@@ -423,8 +416,8 @@ class Election:
         # No master: the peer is dead, resigned or in FAULT. A higher backup takes it if alive.
         if self._contenders(now, include_lower=False):
             return
-        resigned = any(p.alive and p.resigning for p in self.peers.values())
-        faulty = any(p.alive and p.role is Role.FAULT for p in self.peers.values())
+        resigned = any(p.alive and p.advert.resigning for p in self.peers.values())
+        faulty = any(p.alive and p.advert.role is Role.FAULT for p in self.peers.values())
         if now < self._init_until and not (resigned or faulty):
             return  # still inside the start-up hold-down (e.g. FAULT since start, now healthy)
         self._suppress_preempt = False
@@ -477,7 +470,7 @@ class Election:
             # other MAC come back, and tell the peer now rather than at the next interval.
             out.append(SplitBrain(peer.node, "another master heard; it has lower rank and yields"))
             out.append(Announce("split_brain"))
-            self.term = max(self.term, peer.term) + 1
+            self.term = max(self.term, peer.advert.term) + 1
             out.append(SendHeartbeat("split_brain"))
         if self._resign_until is not None and now >= self._resign_until:
             self._resign_until = None
@@ -488,7 +481,7 @@ class Election:
                 out.append(SendHeartbeat("handover_aborted"))
 
     def _become_master(self, reason: str, now: float, out: list[Action]) -> None:
-        self.term = max([self.term, *(p.term for p in self.peers.values())]) + 1
+        self.term = max([self.term, *(p.advert.term for p in self.peers.values())]) + 1
         self._masters_at_takeover = frozenset(p.node for p in self._live_masters())
         for peer in self.peers.values():
             peer.split_reported = False

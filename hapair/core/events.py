@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hapair.core.roles import Role
+from hapair.core.advert import Advert
 
 
 @dataclass(frozen=True, slots=True)
@@ -12,15 +12,8 @@ class PeerHeard:
     """An authenticated, fresh heartbeat from a peer (the driver has verified MAC and replay)."""
 
     node: str
-    role: Role
-    base_priority: int
-    effective_priority: int
-    resigning: bool
-    term: int
-    interval: float
-    vip_digest: bytes
+    advert: Advert
     link: str = ""
-    maintenance: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -252,8 +252,9 @@ def _assess_address(
         hb = good[src]
         return ok(
             "peer",
-            f"{hb.node} answers from {src}: authenticated heartbeat, {hb.role.name}, priority"
-            f" {hb.effective_priority} (base {hb.base_priority}); {capture.method}",
+            f"{hb.node} answers from {src}: authenticated heartbeat, {hb.advert.role.name},"
+            f" priority {hb.advert.effective_priority} (base {hb.advert.base_priority});"
+            f" {capture.method}",
         )
     if src in bad:
         message, fix = _mismatch(cfg, bad[src])
@@ -284,7 +285,7 @@ def _assess_vips(cfg: Config, good: Mapping[str, Heartbeat]) -> list[Finding]:
     ours = vip_digest(str(v.address) for v in cfg.vip)
     out: list[Finding] = []
     for node, hb in {hb.node: hb for hb in good.values()}.items():
-        if hb.vip_digest == ours:
+        if hb.advert.vip_digest == ours:
             out.append(ok("vip-set", f"{node} announces the same VIP set ({len(cfg.vip)})"))
             continue
         listed = ", ".join(sorted(str(v.address) for v in cfg.vip))

@@ -11,14 +11,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from hapair.core.advert import Advert
 from hapair.core.events import PeerHeard
-from hapair.core.roles import Role
 from hapair.wire.freshness import Freshness, Verdict
 from hapair.wire.heartbeat import (
-    Heartbeat,
     Rejected,
     RejectReason,
     StaticFields,
+    check_advert,
     decode,
     encode_checked,
     filter_token,
@@ -57,20 +57,6 @@ class LinkCopy:
     link: str
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """What this node says in its next heartbeat (from the election and the configuration)."""
-
-    role: Role
-    base_priority: int
-    effective_priority: int
-    resigning: bool
-    term: int
-    interval_ms: int
-    vip_digest: bytes
-    maintenance: bool
-
-
 class Heartbeats:
     """This node's heartbeat protocol state (version 2); see docs/protocol.md."""
 
@@ -103,8 +89,8 @@ class Heartbeats:
         #: (datagram, node, key) of the newest accepted heartbeat: its copy from the other
         #: link is known without a second decode and HMAC.
         self._newest: tuple[bytes, str, bytes] | None = None
-        #: The last Outgoing validated (as a Heartbeat) and its packed form.
-        self._checked: tuple[Outgoing, StaticFields] | None = None
+        #: The last advert validated and its packed form.
+        self._checked: tuple[Advert, StaticFields] | None = None
         self._node_raw = node.encode("utf-8")
         #: Called with the new filter tokens whenever they change (the transport's filter).
         self.on_tokens: Callable[[tuple[bytes, ...]], None] | None = None
@@ -150,18 +136,7 @@ class Heartbeats:
         self._newest = (data, hb.node, self.key)
         if verdict is Verdict.NEW_RUN:
             self.log.info("peer_run_accepted", peer=hb.node, run=f"{hb.run:016x}", link=source)
-        return PeerHeard(
-            node=hb.node,
-            role=hb.role,
-            base_priority=hb.base_priority,
-            effective_priority=hb.effective_priority,
-            resigning=hb.resigning,
-            term=hb.term,
-            interval=hb.interval_ms / 1000,
-            vip_digest=hb.vip_digest,
-            link=source,
-            maintenance=hb.maintenance,
-        )
+        return PeerHeard(hb.node, hb.advert, link=source)
 
     def _again(self, node: str, what: str, source: str) -> LinkCopy:
         """The newest accepted heartbeat of `node` once more: the same packet, sent on every
@@ -201,31 +176,16 @@ class Heartbeats:
         self._last_prompt = now
         return True
 
-    def packet(self, out: Outgoing) -> bytes:
-        """The next signed heartbeat (seq + 1), carrying our challenge and the echo."""
+    def packet(self, advert: Advert) -> bytes:
+        """The next signed heartbeat (seq + 1) saying `advert`, with our challenge and echo."""
         self.seq += 1
         f = self.freshness
         checked = self._checked
-        if checked is None or checked[0] != out:
-            # What the election says changed (or this is the first packet): check it all
-            # once, as a Heartbeat; in between only seq, challenge and echo move.
-            hb = Heartbeat(
-                cluster_id=self.cluster,
-                node=self.node,
-                role=out.role,
-                base_priority=out.base_priority,
-                effective_priority=out.effective_priority,
-                resigning=out.resigning,
-                term=out.term,
-                run=self.run,
-                seq=self.seq,
-                challenge=f.challenge,
-                echo=f.echo,
-                interval_ms=max(1, out.interval_ms),
-                vip_digest=out.vip_digest,
-                maintenance=out.maintenance,
-            )
-            checked = self._checked = (out, static_fields(hb))
+        if checked is None or checked[0] != advert:
+            # What the election says changed (or this is the first packet): check it once;
+            # in between only seq, challenge and echo move.
+            check_advert(advert)
+            checked = self._checked = (advert, static_fields(advert))
         if self.observer is not None:
             self.observer.heartbeat_sent()
         return encode_checked(

@@ -29,6 +29,7 @@ from hapair.core.actions import (
     Stopped,
     VipSetMismatch,
 )
+from hapair.core.advert import interval_ms
 from hapair.core.election import Election
 from hapair.core.events import (
     Event,
@@ -53,7 +54,7 @@ from hapair.runtime.balancing import BalancerDriver
 from hapair.runtime.clock import Clock, CpuWait, MonotonicClock
 from hapair.runtime.conflicts import ConflictResponder
 from hapair.runtime.fitness import FitnessTracker
-from hapair.runtime.heartbeats import Heartbeats, LinkCopy, Outgoing
+from hapair.runtime.heartbeats import Heartbeats, LinkCopy
 from hapair.runtime.lateness import DEFAULT_THRESHOLD, LatenessMeter
 from hapair.runtime.ops_notify import OpsNotifier
 from hapair.runtime.ports import StateSink
@@ -155,7 +156,7 @@ class Node:
         )  # fmt: skip
         self.heartbeats = Heartbeats(
             cfg.node.name, cluster_id(cfg.cluster.name), key,
-            log=self.log, interval_ms=_interval_ms(cfg), observer=self.ops,
+            log=self.log, interval_ms=interval_ms(cfg.cluster.interval), observer=self.ops,
         )  # fmt: skip
         # The kernel filter follows our challenge: () = not yet strict, filter on address only.
         self.heartbeats.on_tokens = lambda tokens: io.transport.set_tokens(tokens or None)
@@ -200,7 +201,7 @@ class Node:
         now = self.clock.now()
         old = self.cfg
         self.cfg = cfg
-        self.heartbeats.interval_ms = _interval_ms(cfg)
+        self.heartbeats.interval_ms = interval_ms(cfg.cluster.interval)
         if not cfg.cluster.peers_auto:  # with "auto", discovery keeps the peer up to date
             self.io.transport.set_peers(cfg.cluster.peer_addresses)
         self.holder.schedule.timers = announce_timers(cfg)
@@ -693,18 +694,7 @@ class Node:
             self.balancing.stop_cold()
 
     def _send_heartbeat(self, resigning: bool) -> None:
-        e = self.election
-        out = Outgoing(
-            role=e.role,
-            base_priority=self.cfg.node.priority,
-            effective_priority=e.effective_priority,
-            resigning=resigning or e.resigning,
-            term=e.term,
-            interval_ms=_interval_ms(self.cfg),
-            vip_digest=e.settings.vip_digest,  # follows a reload
-            maintenance=e.maintenance,
-        )
-        self.io.transport.send(self.heartbeats.packet(out))
+        self.io.transport.send(self.heartbeats.packet(self.election.advert(resigning)))
 
     # -- state and status ----------------------------------------------------------------
 
@@ -731,7 +721,3 @@ class Node:
     def shutdown(self) -> None:
         """SIGTERM: resign gracefully (the election bounds the wait)."""
         self.post(ShutdownRequested())
-
-
-def _interval_ms(cfg: Config) -> int:
-    return max(1, round(cfg.cluster.interval * 1000))

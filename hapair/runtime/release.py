@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Final
 
 from hapair.config import Config, load_config, read_secret
+from hapair.core.advert import Advert, interval_ms
 from hapair.core.events import PeerHeard
 from hapair.core.roles import Role
 from hapair.errors import BalancerError, ConfigError, HapairError, RuntimeSetupError
 from hapair.net.transport import UdpTransport
 from hapair.net.vip import VipManager
 from hapair.runtime.control import is_live
-from hapair.runtime.heartbeats import Heartbeats, Outgoing
+from hapair.runtime.heartbeats import Heartbeats
 from hapair.runtime.wiring import vips_of
 from hapair.wire.heartbeat import PACKET_SIZE, cluster_id, vip_digest
 
@@ -126,11 +127,11 @@ def _speak_fault(cfg: Config, key: bytes, transport: UdpTransport, report: Relea
     """Learn the peer's challenge, send FAULT echoing it, and wait (bounded) for MASTER."""
     hb = Heartbeats(
         cfg.node.name, cluster_id(cfg.cluster.name), key,
-        log=_Quiet(), interval_ms=round(cfg.cluster.interval * 1000),
+        log=_Quiet(), interval_ms=interval_ms(cfg.cluster.interval),
     )  # fmt: skip
-    fault = Outgoing(
+    fault = Advert(
         Role.FAULT, base_priority=cfg.node.priority, effective_priority=0, resigning=False,
-        term=0, interval_ms=round(cfg.cluster.interval * 1000),
+        term=0, interval_ms=interval_ms(cfg.cluster.interval),
         vip_digest=vip_digest(str(v.address) for v in cfg.vip), maintenance=False,
     )  # fmt: skip
     bound = min(CONFIRM_WAIT_MAX, cfg.dead_time)
@@ -151,7 +152,7 @@ def _speak_fault(cfg: Config, key: bytes, transport: UdpTransport, report: Relea
         select.select(transport.filenos(), [], [], max(0.0, min(wake - now, 0.01)))
         datagrams = ((data, source) for data, source, _link in transport.receive())
         for event in hb.receive(datagrams, now):
-            if isinstance(event, PeerHeard) and event.role is Role.MASTER:
+            if isinstance(event, PeerHeard) and event.advert.role is Role.MASTER:
                 report.peer_master = event.node
                 report.waited = time.monotonic() - start
                 return

@@ -39,11 +39,14 @@ def build_status(
         "peers": [
             {
                 "node": p.node,
-                "role": p.role.name,
+                "role": p.advert.role.name,
                 "alive": p.alive,
-                "resigning": p.resigning,
-                "maintenance": p.maintenance,
-                "priority": {"base": p.base_priority, "effective": p.effective_priority},
+                "resigning": p.advert.resigning,
+                "maintenance": p.advert.maintenance,
+                "priority": {
+                    "base": p.advert.base_priority,
+                    "effective": p.advert.effective_priority,
+                },
                 "last_heard_ago": round(now - p.last_heard, 3),
                 "links": {k: round(now - v, 3) for k, v in sorted(p.links.items())},
             }

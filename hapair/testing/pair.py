@@ -215,24 +215,12 @@ class PairSim:
                 node.running = False
 
     def _send(self, node: SimNode, resigning: bool) -> None:
-        e = node.election
         peer = self.other(node.name)
         if (node.name, peer.name) in self.link.cut:
             return
         if self.link.loss and self.rng.random() < self.link.loss:
             return
-        hb = PeerHeard(
-            node=node.name,
-            role=e.role,
-            base_priority=e.settings.priority,
-            effective_priority=e.effective_priority,
-            resigning=resigning or e.resigning,
-            term=e.term,
-            interval=e.settings.interval,
-            vip_digest=e.settings.vip_digest,
-            link="sim",
-            maintenance=e.maintenance,
-        )
+        hb = PeerHeard(node.name, node.election.advert(resigning), link="sim")
         self._seq += 1
         heapq.heappush(self._queue, (self.now + self.link.latency, self._seq, peer.name, hb))
 

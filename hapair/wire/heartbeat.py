@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from hapair.core.advert import Advert
 from hapair.core.roles import Role
 from hapair.errors import WireError
 
@@ -134,45 +135,46 @@ def _check_key(key: bytes) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
-    """One heartbeat; construction raises ValueError if any field cannot be put on the wire."""
+    """One heartbeat: the sender's identity and freshness fields, and its `Advert`;
+    construction raises ValueError if any field cannot be put on the wire."""
 
     cluster_id: bytes
     node: str
-    role: Role
-    base_priority: int
-    effective_priority: int
-    resigning: bool
-    term: int
     run: int
     seq: int
     challenge: int
     echo: int
-    interval_ms: int
-    vip_digest: bytes
-    maintenance: bool = False
+    advert: Advert
 
     def __post_init__(self) -> None:
         if not isinstance(self.cluster_id, bytes) or len(self.cluster_id) != CLUSTER_ID_SIZE:
             raise ValueError(f"cluster_id must be {CLUSTER_ID_SIZE} bytes")
         _check_node_name(self.node)
-        if not isinstance(self.role, Role):
-            raise ValueError(f"role must be a Role, got {self.role!r}")
-        _check_uint("base_priority", self.base_priority, U8_MAX)
-        _check_uint("effective_priority", self.effective_priority, U8_MAX)
-        if not isinstance(self.resigning, bool):
-            raise ValueError("resigning must be a bool")
-        if not isinstance(self.maintenance, bool):
-            raise ValueError("maintenance must be a bool")
-        _check_uint("term", self.term, U64_MAX)
         # run, seq and challenge are never 0: 0 is "none" (echo 0: no challenge heard yet).
         _check_uint("run", self.run, U64_MAX, minimum=1)
         _check_uint("seq", self.seq, U64_MAX, minimum=1)
         _check_uint("challenge", self.challenge, U64_MAX, minimum=1)
         _check_uint("echo", self.echo, U64_MAX)
-        # An interval of 0 would give the receiver a dead time of 0: instant false failover.
-        _check_uint("interval_ms", self.interval_ms, U32_MAX, minimum=1)
-        if not isinstance(self.vip_digest, bytes) or len(self.vip_digest) != VIP_DIGEST_SIZE:
-            raise ValueError(f"vip_digest must be {VIP_DIGEST_SIZE} bytes")
+        check_advert(self.advert)
+
+
+def check_advert(a: Advert) -> None:
+    """ValueError unless every field of `a` fits its place in the packet."""
+    if not isinstance(a, Advert):
+        raise ValueError(f"advert must be an Advert, got {a!r}")
+    if not isinstance(a.role, Role):
+        raise ValueError(f"role must be a Role, got {a.role!r}")
+    _check_uint("base_priority", a.base_priority, U8_MAX)
+    _check_uint("effective_priority", a.effective_priority, U8_MAX)
+    if not isinstance(a.resigning, bool):
+        raise ValueError("resigning must be a bool")
+    if not isinstance(a.maintenance, bool):
+        raise ValueError("maintenance must be a bool")
+    _check_uint("term", a.term, U64_MAX)
+    # An interval of 0 would give the receiver a dead time of 0: instant false failover.
+    _check_uint("interval_ms", a.interval_ms, U32_MAX, minimum=1)
+    if not isinstance(a.vip_digest, bytes) or len(a.vip_digest) != VIP_DIGEST_SIZE:
+        raise ValueError(f"vip_digest must be {VIP_DIGEST_SIZE} bytes")
 
 
 def _mac(key: bytes, body: bytes) -> bytes:
@@ -183,7 +185,7 @@ def encode(hb: Heartbeat, key: bytes) -> bytes:
     """Return the PACKET_SIZE-byte signed packet for `hb`; ValueError if the key is too short."""
     _check_key(key)
     return encode_checked(
-        key, hb.cluster_id, hb.node.encode("utf-8"), static_fields(hb), hb.run, hb.seq,
+        key, hb.cluster_id, hb.node.encode("utf-8"), static_fields(hb.advert), hb.run, hb.seq,
         hb.challenge, hb.echo,
     )  # fmt: skip
 
@@ -193,12 +195,12 @@ def encode(hb: Heartbeat, key: bytes) -> bytes:
 StaticFields = tuple[int, int, int, int, int, int, bytes]
 
 
-def static_fields(hb: Heartbeat) -> StaticFields:
-    """`hb`'s slowly changing fields, in the form `encode_checked` takes."""
-    flags = (FLAG_RESIGNING if hb.resigning else 0) | (FLAG_MAINTENANCE if hb.maintenance else 0)
+def static_fields(a: Advert) -> StaticFields:
+    """A validated (`check_advert`) advert's fields, in the form `encode_checked` takes."""
+    flags = (FLAG_RESIGNING if a.resigning else 0) | (FLAG_MAINTENANCE if a.maintenance else 0)
     return (
-        flags, hb.role.value, hb.base_priority, hb.effective_priority, hb.term,
-        hb.interval_ms, hb.vip_digest,
+        flags, a.role.value, a.base_priority, a.effective_priority, a.term, a.interval_ms,
+        a.vip_digest,
     )  # fmt: skip
 
 
@@ -302,19 +304,17 @@ def decode(data: bytes, key: bytes, expected_cluster: bytes) -> Heartbeat:
     if token != _token(key, echo):
         raise Rejected(RejectReason.MALFORMED, "filter_token does not match echo")
     # Every field was checked above or is bounded by its struct format: no second check.
-    return _trusted(
-        cluster_id=cluster,
-        node=node,
+    advert = Advert(
         role=role,
         base_priority=base_priority,
         effective_priority=effective_priority,
         resigning=bool(flags & FLAG_RESIGNING),
-        maintenance=bool(flags & FLAG_MAINTENANCE),
         term=term,
-        run=run,
-        seq=seq,
-        challenge=challenge,
-        echo=echo,
         interval_ms=interval_ms,
         vip_digest=digest,
+        maintenance=bool(flags & FLAG_MAINTENANCE),
     )
+    return _trusted(
+        cluster_id=cluster, node=node, run=run, seq=seq, challenge=challenge, echo=echo,
+        advert=advert,
+    )  # fmt: skip

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from hapair.core.advert import Advert
 from hapair.core.roles import Role
 from hapair.lab.nodes import Timers
 from hapair.lab.shell import wait_until
@@ -196,11 +197,10 @@ def test_forged_and_unproven_heartbeats_change_nothing(lab: Lab) -> None:
     cid = cluster_id(f"lab-{lab.prefix}")
 
     def resign(run: int, echo: int, signing_key: bytes) -> bytes:
+        advert = Advert(Role.MASTER, 150, 150, True, 1, 50, vip_digest([f"{VIP4}/24"]))
         hb = Heartbeat(
-            cluster_id=cid, node="a", role=Role.MASTER, base_priority=150,
-            effective_priority=150, resigning=True, term=1, run=run, seq=1, challenge=7,
-            echo=echo, interval_ms=50, vip_digest=vip_digest([f"{VIP4}/24"]),
-        )  # fmt: skip
+            cluster_id=cid, node="a", run=run, seq=1, challenge=7, echo=echo, advert=advert
+        )
         return encode(hb, signing_key)
 
     forged = resign(1, 0, b"\x00" * 32)  # wrong key

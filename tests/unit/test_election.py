@@ -16,6 +16,7 @@ from hapair.core.actions import (
     Stopped,
     VipSetMismatch,
 )
+from hapair.core.advert import Advert, interval_ms
 from hapair.core.election import (
     TRANSITIONS,
     Election,
@@ -57,8 +58,10 @@ def heard(
     resigning: bool = False,
     term: int = 1,
     digest: bytes = DIGEST,
+    maintenance: bool = False,
 ) -> PeerHeard:
-    return PeerHeard(node, role, prio, prio, resigning, term, INTERVAL, digest, "10.0.0.2")
+    advert = Advert(role, prio, prio, resigning, term, interval_ms(INTERVAL), digest, maintenance)
+    return PeerHeard(node, advert, "10.0.0.2")
 
 
 def roles(sim: PairSim) -> dict[str, Role]:
@@ -523,11 +526,7 @@ def test_maintenance_survives_a_restart_and_off_returns_to_the_election() -> Non
 def test_a_peer_in_maintenance_is_not_a_contender() -> None:
     e = Election(settings("a", 100), 0.0)
     # b outranks a but is in maintenance: a does not wait for it and takes the VIP.
-    hb = heard(role=Role.BACKUP, prio=200)
-    e.handle(
-        PeerHeard(hb.node, hb.role, 200, 200, False, 1, INTERVAL, DIGEST, "l", maintenance=True),
-        0.0,
-    )
+    e.handle(heard(role=Role.BACKUP, prio=200, maintenance=True), 0.0)
     out = e.handle(Tick(), 1.2)
     assert e.role is Role.MASTER
     assert any(isinstance(a, AcquireVips) for a in out)

@@ -18,6 +18,7 @@ import pytest
 from hapair.cli import main
 from hapair.config import Config
 from hapair.config.load import validate_config
+from hapair.core.advert import Advert
 from hapair.core.roles import Role
 from hapair.ops.doctor import Probes, counts, findings_json, format_findings, run_doctor
 from hapair.ops.doctor_checks import (
@@ -124,17 +125,11 @@ def heartbeat(
     hb = Heartbeat(
         cluster_id=cluster_id(cluster),
         node=node,
-        role=role,
-        base_priority=100,
-        effective_priority=90,
-        resigning=False,
-        term=3,
         run=0x5EED,
         seq=17,
         challenge=0xC0FFEE,
         echo=0,
-        interval_ms=200,
-        vip_digest=vip_digest(vips),
+        advert=Advert(role, 100, 90, False, 3, 200, vip_digest(vips)),
     )
     return encode(hb, key)
 

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hapair.core.advert import Advert
 from hapair.core.roles import Role
 from hapair.errors import WireError
 from hapair.wire.heartbeat import (
@@ -35,17 +36,19 @@ DIGEST = bytes.fromhex("0c504d5e40124c63")  # vip_digest(["192.0.2.10/24", "2001
 GOLDEN_HB = Heartbeat(
     cluster_id=CLUSTER,
     node="alpha",
-    role=Role.MASTER,
-    base_priority=150,
-    effective_priority=140,
-    resigning=True,
-    term=7,
     run=0x0123_4567_89AB_CDEF,
     seq=42,
     challenge=0xFEDC_BA98_7654_3210,
     echo=0x1122_3344_5566_7788,
-    interval_ms=1000,
-    vip_digest=DIGEST,
+    advert=Advert(
+        role=Role.MASTER,
+        base_priority=150,
+        effective_priority=140,
+        resigning=True,
+        term=7,
+        interval_ms=1000,
+        vip_digest=DIGEST,
+    ),
 )
 
 # One segment per field, in layout order; checked by hand against docs/protocol.md.
@@ -212,8 +215,17 @@ def test_reject_reason_values_are_snake_case() -> None:
     ],
 )
 def test_invalid_fields_raise_value_error(changes: dict[str, object]) -> None:
+    advert_fields = {f.name for f in dataclasses.fields(Advert)}
+    in_advert = {k: v for k, v in changes.items() if k in advert_fields}
+    rest = {k: v for k, v in changes.items() if k not in advert_fields}
     with pytest.raises(ValueError):
-        dataclasses.replace(GOLDEN_HB, **changes)  # type: ignore[arg-type]
+        advert = dataclasses.replace(GOLDEN_HB.advert, **in_advert)  # type: ignore[arg-type]
+        dataclasses.replace(GOLDEN_HB, advert=advert, **rest)  # type: ignore[arg-type]
+
+
+def test_an_advert_is_checked_when_a_heartbeat_carries_it() -> None:
+    with pytest.raises(ValueError, match="advert must be an Advert"):
+        dataclasses.replace(GOLDEN_HB, advert=None)  # type: ignore[arg-type]
 
 
 def test_node_name_of_exactly_32_bytes_round_trips() -> None:
@@ -352,22 +364,26 @@ NODE_NAMES = st.text(
     alphabet=st.characters(blacklist_characters="\x00", codec="utf-8"), min_size=1
 ).filter(lambda s: len(s.encode("utf-8")) <= 32)
 
-HEARTBEATS = st.builds(
-    Heartbeat,
-    cluster_id=st.just(CLUSTER),
-    node=NODE_NAMES,
+ADVERTS = st.builds(
+    Advert,
     role=st.sampled_from(Role),
     base_priority=U8,
     effective_priority=U8,
     resigning=st.booleans(),
     term=U64,
+    interval_ms=st.integers(min_value=1, max_value=2**32 - 1),
+    vip_digest=st.binary(min_size=8, max_size=8),
+    maintenance=st.booleans(),
+)
+HEARTBEATS = st.builds(
+    Heartbeat,
+    cluster_id=st.just(CLUSTER),
+    node=NODE_NAMES,
     run=U64_NONZERO,
     seq=U64_NONZERO,
     challenge=U64_NONZERO,
     echo=U64,
-    interval_ms=st.integers(min_value=1, max_value=2**32 - 1),
-    vip_digest=st.binary(min_size=8, max_size=8),
-    maintenance=st.booleans(),
+    advert=ADVERTS,
 )
 
 
