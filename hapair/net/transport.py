@@ -22,6 +22,7 @@ from typing import Final
 
 from hapair.errors import RuntimeSetupError
 from hapair.net import sockfilter
+from hapair.wire.heartbeat import FILTER_TOKEN_OFFSET
 
 #: Most datagrams read from one socket per wake-up: one flooded link cannot starve the others,
 #: and a flood cannot starve the loop's timers.
@@ -38,8 +39,6 @@ TOS_CS6: Final = 0xC0
 #: default, ~200 KB, after ~20 ms: one missed heartbeat at 20 ms intervals).
 RCVBUF: Final = 1 << 20
 SO_RCVBUFFORCE: Final = 33
-#: Protocol v2: the filter token sits at this payload offset (docs/protocol.md).
-FILTER_TOKEN_OFFSET: Final = 20
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
