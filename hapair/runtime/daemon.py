@@ -29,6 +29,7 @@ from hapair.net.watch import ArpWatcher, NetlinkWatcher
 from hapair.ops.systemd import Notifier, status_line_from
 from hapair.runtime.clock import MonotonicClock
 from hapair.runtime.control import ControlServer
+from hapair.runtime.loop import LoopDriver
 from hapair.runtime.node import Node
 from hapair.runtime.sched import enter_realtime
 from hapair.runtime.state import (
@@ -229,7 +230,7 @@ class Daemon:
                     log_rt = self.log.info if rt.realtime else self.log.warning
                     log_rt(rt.event, detail=rt.detail)
                 self.notifier.ready(status_line_from(node.status()))
-                await node.run()
+                await LoopDriver(node).run()
             finally:
                 # Whatever happened, leave no VIP behind.
                 for vip in vips_of(cfg):

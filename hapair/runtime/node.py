@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Any, Final
 
@@ -51,7 +52,7 @@ from hapair.net.watch import (
 )
 from hapair.ops.hooks import HookRunner
 from hapair.runtime.balancing import BalancerDriver
-from hapair.runtime.clock import Clock, CpuWait, MonotonicClock
+from hapair.runtime.clock import Clock, CpuWait
 from hapair.runtime.conflicts import ConflictResponder
 from hapair.runtime.fitness import FitnessTracker
 from hapair.runtime.heartbeats import Heartbeats, LinkCopy
@@ -115,18 +116,14 @@ class Node:
         self.checks: list[Check] = build_checks(cfg.track, now)
         self.fitness = FitnessTracker(cfg.node.priority, (v.interface for v in self.vips), [])
         self.started_wall = time.time()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._finished: asyncio.Future[None] | None = None
-        #: The step scheduled by a wake (None: none pending) and the deadline's timer.
-        self._scheduled: asyncio.Handle | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
-        self._hb_fds: list[int] = []
-        self._hb_watched = False
-        self._full_wake = True  # the next step is a full one (see `step`)
+        #: Called to have a whole step run soon (set by `LoopDriver`; the simulation steps
+        #: on its own after each event it posts).
+        self.waker: Callable[[], None] | None = None
         self._drained = 0  # datagrams read by the last step
         self._woke = self._deadline = self._waited = 0.0
-        self._cpu: CpuWait | None = None
+        #: The loop thread's CPU wait (set by `LoopDriver`, on that thread): wakes that were
+        #: late only because the CPU was busy are told apart from a blocked loop.
+        self.cpu: CpuWait | None = None
         self._held_key: frozenset[Vip] = frozenset()
         self._held_names: tuple[str, ...] = ()
         # Discovery may have news from before this node existed: look at the first step.
@@ -176,15 +173,9 @@ class Node:
         self.wake()
 
     def wake(self) -> None:
-        """Run a step soon (a reader callback, a posted event); wakes coalesce into one."""
-        self._full_wake = True
-        if self._scheduled is None and self._loop is not None:
-            self._scheduled = self._loop.call_soon(self._on_wake)
-
-    def _heartbeats_ready(self) -> None:
-        """Reader callback of the heartbeat sockets (see `step`'s ``heartbeats_only``)."""
-        if self._scheduled is None and self._loop is not None:
-            self._scheduled = self._loop.call_soon(self._on_wake)
+        """Run a whole step soon (a posted event, new deadlines); wakes coalesce into one."""
+        if self.waker is not None:
+            self.waker()
 
     def discovery_arrived(self) -> None:
         """Discovery has news (called on the loop, from zeroconf's thread via the daemon)."""
@@ -253,86 +244,19 @@ class Node:
 
     # -- the loop ------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Run until the election reports it has stopped.
-
-        No coroutine turns per wake-up: a reader callback or one re-armed timer schedules
-        `_on_wake`, which runs one step and arms the timer for the next deadline; this
-        coroutine only waits for the end (an idle wake-up then costs one callback, no future).
-        """
-        if not isinstance(self.clock, MonotonicClock):
-            # Deadlines are armed as loop times: only the loop's own clock will do. (The
-            # simulation, on a fake clock, calls `wake_at` itself instead of `run`.)
-            raise TypeError(f"Node.run() needs MonotonicClock, not {type(self.clock).__name__}")
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._finished = loop.create_future()
-        # Heartbeat sockets are drained on every step anyway (before timers); the netlink and
-        # ARP sockets are read only when they signalled data, to keep an idle wake-up cheap.
-        self._hb_fds = self.io.transport.filenos()
-        for fd in self._hb_fds:
-            loop.add_reader(fd, self._heartbeats_ready)
-        self._hb_watched = True
-        loop.add_reader(self.io.netlink.fileno(), self.source_ready, "netlink")
-        fds = [self.io.netlink.fileno()]
-        for w in self.io.arp.values():
-            loop.add_reader(w.fileno(), self.source_ready, "arp")
-            fds.append(w.fileno())
-        self._cpu = CpuWait()  # opened on the loop's thread: it reads this thread's schedstat
-        try:
-            self.begin(self.clock.now())
-            self._waited = self._cpu.now()
-            self.wake()
-            await self._finished
-        finally:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            if self._scheduled is not None:
-                self._scheduled.cancel()
-                self._scheduled = None
-            if self._hb_watched:
-                for fd in self._hb_fds:
-                    loop.remove_reader(fd)
-            for fd in fds:
-                loop.remove_reader(fd)
-            self._cpu.close()
-            for task in self._probe_tasks:
-                task.cancel()
-            if self.balancing is not None:
-                await self.balancing.close()  # the daemon then stops the balancer itself
-            # The last role change's hook gets a moment (the VIPs are released already).
-            await self.hooks.close(wait=0.5)
+    async def close(self) -> None:
+        """After the last step: cancel probes, stop the balancer's loop side, give the last
+        role change's hook a moment (the VIPs are released already)."""
+        for task in self._probe_tasks:
+            task.cancel()
+        if self.balancing is not None:
+            await self.balancing.close()  # the daemon then stops the balancer itself
+        await self.hooks.close(wait=0.5)
 
     def begin(self, now: float) -> None:
         """Before the first wake-up: the fitness as the interfaces are now; a step due now."""
         self._initial_fitness(now)
         self._woke = self._deadline = now
-
-    def _on_timer(self) -> None:
-        """The armed deadline came."""
-        self._timer = None
-        self._timer_at = None
-        self._full_wake = True
-        self._on_wake()
-
-    def _on_wake(self) -> None:
-        """The loop's wake-up: one `wake_at`, then the timer at the next deadline."""
-        if self._scheduled is not None:  # the timer came first: one step serves both
-            self._scheduled.cancel()
-            self._scheduled = None
-        if self._finished is None or self._finished.done():
-            return
-        try:
-            full, self._full_wake = self._full_wake, False
-            if not self.wake_at(self.clock.now(), full=full):
-                return  # nothing changed: the timer and the readers stay as they are
-            if self.done:
-                self._finished.set_result(None)
-                return
-            self._arm()
-        except Exception as exc:  # the loop's exception handler would only log it
-            self._finished.set_exception(exc)
 
     def wake_at(self, now: float, *, full: bool) -> bool:
         """One wake-up at `now`, from the loop or the simulation: measure its lateness when it
@@ -359,29 +283,6 @@ class Node:
     def reads_on_arrival(self) -> bool:
         """True when a heartbeat's arrival must wake this node (see `_lazy`)."""
         return not self._lazy()
-
-    def _arm(self) -> None:
-        """Watch the heartbeat sockets or not (see `_lazy`), and put the timer at the next
-        deadline; a timer already there is kept (an I/O wake seldom moves it)."""
-        loop = self._loop
-        assert loop is not None  # only called from run()'s callbacks
-        lazy = not self.reads_on_arrival()
-        if lazy == self._hb_watched:
-            for fd in self._hb_fds:
-                if lazy:
-                    loop.remove_reader(fd)
-                else:
-                    loop.add_reader(fd, self._heartbeats_ready)
-            self._hb_watched = not lazy
-        deadline = self._deadline
-        if self._scheduled is not None:
-            return  # woken again already (e.g. a callback during the step)
-        if self._timer is not None:
-            if self._timer_at == deadline:
-                return
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = loop.call_at(deadline, self._on_timer)  # the clock is the loop's: run()
 
     def _lazy(self) -> bool:
         """True when the peer's heartbeats can wait for this node's own next deadline.
@@ -412,7 +313,7 @@ class Node:
         """Feed the lateness meter with a wake that was due, with the loop thread's time in
         the CPU run queue since the last due wake."""
         before = self._waited
-        self._waited = self._cpu.now() if self._cpu is not None else 0.0
+        self._waited = self.cpu.now() if self.cpu is not None else 0.0
         stopped, self.continued = self.continued, False
         late = self.lateness.observe_at(expected, actual, self._waited - before, stopped=stopped)
         if self.io.metrics is not None:

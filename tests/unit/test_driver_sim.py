@@ -7,7 +7,6 @@ that no step on the way broke them.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from ipaddress import IPv4Address, ip_interface
 
@@ -19,6 +18,7 @@ from hapair.core.events import MaintenanceChanged, ShutdownRequested
 from hapair.core.roles import Role
 from hapair.net.vip import Vip
 from hapair.net.watch import AddressRemoved, ArpConflict, CarrierChanged
+from hapair.runtime.loop import LoopDriver
 from hapair.testing.driversim import VIP, DriverSim
 
 INTERVAL = 0.02
@@ -260,7 +260,7 @@ def test_the_checker_catches_a_broken_invariant(sim: DriverSim) -> None:
 
 
 def test_the_asyncio_loop_refuses_a_clock_that_is_not_its_own(sim: DriverSim) -> None:
-    """Deadlines are armed as loop times; a fake clock is for `wake_at`, never for `run`."""
+    """Deadlines are armed as loop times; a fake clock is for `wake_at`, never for the loop."""
     node = sim.start("a")
     with pytest.raises(TypeError, match="MonotonicClock"):
-        asyncio.run(node.run())
+        LoopDriver(node)
