@@ -1,1 +1,1 @@
-"""hapair.balancer: the local load balancer run by the pair (issue 3, in progress)."""
+"""hapair.balancer: the local load balancer that the MASTER runs (five kinds: `kinds`)."""

@@ -315,9 +315,9 @@ class BalancerDriver:
 
     # -- the loop's side ------------------------------------------------------------------
 
-    def tick(self) -> None:
-        """Supervise the data plane when due, and start the probes that are due."""
-        now = self.clock.now()
+    def tick(self, now: float) -> None:
+        """Supervise the data plane when due, and start the probes that are due (the step's
+        `now`)."""
         b = self.balancer
         if not self._reloading and b.supervise_due(now):
             b.take_supervision()
@@ -336,9 +336,10 @@ class BalancerDriver:
             return
         started = self.clock.now()
         ok, reason = await probe(spec)
+        done = self.clock.now()
         if self.metrics is not None:
-            self.metrics.probe_observed(name, self.clock.now() - started)
-        change = self.balancer.note(name, ok, reason, self.clock.now())
+            self.metrics.probe_observed(name, done - started)
+        change = self.balancer.note(name, ok, reason, done)
         self.wake()
         if change is None:
             return

@@ -363,7 +363,8 @@ class Node:
         self._answer_conflict(now)
         self.holder.run_announcements(now)
         self._start_due_probes(now)
-        self._start_backend_probes()
+        if self.balancing is not None:
+            self.balancing.tick(now)
         self.ops.step_done(now, self._held_vips())
         return True
 
@@ -512,10 +513,6 @@ class Node:
                 task = asyncio.ensure_future(self._probe(check))
                 self._probe_tasks.add(task)
                 task.add_done_callback(self._probe_tasks.discard)
-
-    def _start_backend_probes(self) -> None:
-        if self.balancing is not None:
-            self.balancing.tick()
 
     def _backend_changed(self, name: str, change: HealthChange) -> None:
         """A backend entered or left the pool (already logged and pushed to the data plane)."""

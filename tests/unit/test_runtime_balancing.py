@@ -152,14 +152,14 @@ def test_supervision_is_one_job_at_a_time_and_not_a_deadline_while_on_the_worker
     rig.lb.active = True
     rig.lb.applied()
     assert rig.driver.next_deadline() == float("-inf")  # due at once after a pool
-    rig.driver.tick()
-    rig.driver.tick()
+    rig.driver.tick(rig.clock.now())
+    rig.driver.tick(rig.clock.now())
     assert len(rig.worker.queued) == 1
     assert rig.driver.next_deadline() is None  # a running job is no deadline (no busy loop)
     rig.worker.run_all()
     assert rig.plane.calls == ["supervise"] and rig.driver.next_deadline() == 0.25
     rig.clock.advance_to(0.3)
-    rig.driver.tick()
+    rig.driver.tick(rig.clock.now())
     rig.worker.run_all()
     assert rig.plane.calls == ["supervise", "supervise"]
 
