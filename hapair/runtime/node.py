@@ -400,7 +400,7 @@ class Node:
         for nxt in (announce, self.conflicts.next_deadline(), board, self.ops.next_deadline()):
             if nxt is not None:
                 deadlines.append(nxt)
-        deadlines += [c.next_due for c in self.checks if c.argv and not c.running]
+        deadlines += [c.state.next_due for c in self.checks if c.argv and not c.state.in_flight]
         return min(deadlines)
 
     def step(self, now: float | None = None, *, heartbeats_only: bool = False) -> bool:
@@ -594,8 +594,7 @@ class Node:
 
     def _start_due_probes(self, now: float) -> None:
         for check in self.checks:
-            if check.argv and not check.running and now >= check.next_due:
-                check.running = True
+            if check.argv and check.state.start(now):
                 task = asyncio.ensure_future(self._probe(check))
                 self._probe_tasks.add(task)
                 task.add_done_callback(self._probe_tasks.discard)
@@ -622,9 +621,7 @@ class Node:
 
     async def _probe(self, check: Check) -> None:
         ok = await run_probe(check.argv, check.track.timeout)
-        check.running = False
-        check.next_due = self.clock.now() + check.track.interval
-        if check.state.record(ok):
+        if check.state.record(ok, self.clock.now()):
             self.log.info("track_changed", check=check.name, up=check.state.up)
             self._refresh_fitness()
         self.wake()

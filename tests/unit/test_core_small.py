@@ -1,13 +1,11 @@
-"""Small pure pieces: announcement schedule, hysteresis, fitness, invariants."""
+"""Small pure pieces: announcement schedule, fitness, invariants."""
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from hapair.core.announce import AnnounceSchedule, AnnounceTimers
-from hapair.core.hysteresis import Hysteresis
 from hapair.core.invariants import NodeView, check_invariants
 from hapair.core.priority import compute_fitness
 from hapair.core.roles import Role
@@ -49,39 +47,6 @@ def test_restarting_a_burst_replaces_the_pending_one() -> None:
     s.start(0.0, "conflict", second_burst=False)
     s.start(0.005, "conflict", second_burst=False)
     assert len(drain(s, 1.0)) == 5
-
-
-# -- hysteresis ------------------------------------------------------------------------------
-
-
-def test_hysteresis_needs_fall_failures_and_rise_successes() -> None:
-    h = Hysteresis(rise=2, fall=3)
-    assert [h.record(False) for _ in range(3)] == [False, False, True] and not h.up
-    assert [h.record(True), h.record(False), h.record(True), h.record(True)] == [
-        False, False, False, True,
-    ]  # fmt: skip
-    assert h.up
-
-
-def test_hysteresis_rejects_zero() -> None:
-    with pytest.raises(ValueError):
-        Hysteresis(rise=0, fall=1)
-
-
-@given(st.lists(st.booleans(), max_size=60), st.integers(1, 5), st.integers(1, 5))
-def test_hysteresis_flips_only_after_a_full_streak(
-    results: list[bool], rise: int, fall: int
-) -> None:
-    h = Hysteresis(rise, fall)
-    streak_state, streak = True, 0
-    for ok in results:
-        streak = streak + 1 if ok == streak_state else 1
-        streak_state = ok
-        before = h.up
-        changed = h.record(ok)
-        if changed:
-            assert h.up == ok != before
-            assert streak >= (rise if ok else fall)
 
 
 # -- fitness ---------------------------------------------------------------------------------
