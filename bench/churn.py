@@ -44,7 +44,7 @@ from hapair.errors import HapairError
 from hapair.lab.nodes import Timers
 from hapair.lab.shell import LabError, wait_until
 from hapair.lab.topology import LAN4, VIP4, Lab
-from hapair.runtime.control import request
+from hapair.ops.control_client import request
 
 TIMERS: Final = Timers(interval=0.02, dead_after=3)
 PROBE_INTERVAL: Final = 0.2

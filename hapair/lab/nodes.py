@@ -259,7 +259,7 @@ class HapairPair(LogReadingPair):
         the ``loop_late`` line it logged (the first one over its threshold); None if neither
         tells."""
         from hapair.config import load_config
-        from hapair.runtime.control import request
+        from hapair.ops.control_client import request
 
         worst: float | None = None
         field = "blocked" if key.startswith("worst_blocked") else "lateness"

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from hapair.balancer.health import HealthChange
+from hapair.clock import Clock
 from hapair.errors import BalancerError
-from hapair.runtime.clock import Clock
 from hapair.runtime.worker import ThreadWorker, Worker
 
 if TYPE_CHECKING:

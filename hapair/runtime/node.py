@@ -14,6 +14,7 @@ from ipaddress import IPv4Address
 from typing import Any, Final
 
 from hapair.balancer.health import HealthChange
+from hapair.clock import Clock, MonotonicClock
 from hapair.config.model import Config, InterfaceTrack
 from hapair.core.actions import (
     AcquireVips,
@@ -51,7 +52,7 @@ from hapair.net.watch import (
 )
 from hapair.ops.hooks import HookRunner
 from hapair.runtime.balancing import BalancerDriver
-from hapair.runtime.clock import Clock, CpuWait, MonotonicClock
+from hapair.runtime.clock import CpuWait
 from hapair.runtime.conflicts import ConflictResponder
 from hapair.runtime.heartbeats import Heartbeats, LinkCopy, Outgoing
 from hapair.runtime.lateness import DEFAULT_THRESHOLD, LatenessMeter

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from hapair.clock import Clock
 from hapair.core.announce import AnnounceSchedule, AnnounceTimers
 from hapair.errors import VipError
 from hapair.net.garp import Announcer
 from hapair.net.vip import Vip, VipManager
-from hapair.runtime.clock import Clock
 
 
 class VipHolder:
