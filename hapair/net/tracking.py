@@ -17,8 +17,8 @@ from typing import Final
 
 from hapair.config.model import CommandTrack, GatewayTrack, InterfaceTrack, Track
 from hapair.core.priority import Weight
-from hapair.ops.spawn import spawn
 from hapair.probing import ProbeState
+from hapair.spawn import spawn
 
 #: How long a probe killed at its timeout gets to be reaped before the check moves on.
 KILL_REAP: Final = 1.0
