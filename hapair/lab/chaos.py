@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Final
 
+from hapair.core.timing import dead_interval
+
 KINDS: Final = (
     "crash",
     "kill",
@@ -105,7 +107,7 @@ def make_schedule(
     if not 0 < minutes <= MAX_MINUTES or interval <= 0 or dead_after < 1:
         raise ValueError("need 0 < minutes <= 1440, interval > 0 and dead_after >= 1")
     rng = random.Random(seed)
-    dead = interval * dead_after
+    dead = dead_interval(interval, dead_after)
     # A quiet gap long enough to judge the heal: one dead time to converge, then some calm.
     gap_lo, gap_hi = max(1.0, 6 * dead), max(3.0, 20 * dead)
     budget = minutes * 60.0

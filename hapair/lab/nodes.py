@@ -14,6 +14,7 @@ from typing import Final, Protocol
 
 from hapair.config.duration import format_duration
 from hapair.config.keygen import generate_key
+from hapair.core.timing import dead_interval
 from hapair.errors import HapairError
 from hapair.lab import shell
 from hapair.lab.addresses import LAN4, VIP4, VIP6
@@ -37,7 +38,7 @@ class Timers:
     @property
     def dead_time(self) -> float:
         """Return how long a silent peer takes to be declared dead, in seconds."""
-        return self.interval * self.dead_after
+        return dead_interval(self.interval, self.dead_after)
 
 
 class Pair(Protocol):

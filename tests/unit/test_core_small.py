@@ -1,7 +1,8 @@
-"""Small pure pieces: announcement schedule, fitness, invariants."""
+"""Small pure pieces: announcement schedule, the dead time, fitness, invariants."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -9,6 +10,7 @@ from hapair.core.announce import AnnounceSchedule, AnnounceTimers
 from hapair.core.invariants import NodeView, check_invariants
 from hapair.core.priority import compute_fitness
 from hapair.core.roles import Role
+from hapair.core.timing import dead_interval, dead_time, skew
 
 # -- announcements ---------------------------------------------------------------------------
 
@@ -47,6 +49,25 @@ def test_restarting_a_burst_replaces_the_pending_one() -> None:
     s.start(0.0, "conflict", second_burst=False)
     s.start(0.005, "conflict", second_burst=False)
     assert len(drain(s, 1.0)) == 5
+
+
+# -- the dead time ----------------------------------------------------------------------------
+
+
+def test_dead_time_is_dead_after_intervals_plus_the_priority_skew() -> None:
+    assert dead_interval(0.2, 5) == pytest.approx(1.0)
+    assert skew(0.2, 128) == pytest.approx(0.1)
+    assert skew(0.2, 255) == pytest.approx(0.2 / 256) and skew(0.2, 0) == pytest.approx(0.2)
+    assert dead_time(0.2, 5, 128) == pytest.approx(1.1)
+
+
+@given(st.floats(0.01, 10.0), st.integers(3, 100), st.integers(1, 254))
+def test_a_higher_priority_declares_the_peer_dead_first(
+    interval: float, dead_after: int, priority: int
+) -> None:
+    assert dead_interval(interval, dead_after) < dead_time(interval, dead_after, priority + 1)
+    assert dead_time(interval, dead_after, priority + 1) < dead_time(interval, dead_after, priority)
+    assert dead_time(interval, dead_after, priority) < dead_interval(interval, dead_after + 1)
 
 
 # -- fitness ---------------------------------------------------------------------------------
