@@ -29,7 +29,6 @@ from hapair.config.fields import (
     Argv,
     HostAddress,
     IfName,
-    IpAddress,
     Model,
     Name,
     Peers,
@@ -46,6 +45,7 @@ from hapair.config.fields import (
 from hapair.config.hooks import Hook
 from hapair.config.shown import toml_repr
 from hapair.core.timing import dead_interval, dead_time, skew
+from hapair.iptypes import IpAddress
 
 
 class Node(Model):

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from hapair.config import Config
-from hapair.config.fields import IpAddress
 from hapair.errors import HapairError
+from hapair.iptypes import IpAddress
 from hapair.ops.control_client import is_live
 from hapair.ops.doctor_checks import (
     CAP_NET_RAW,

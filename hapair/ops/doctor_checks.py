@@ -26,8 +26,8 @@ from typing import Any, Final, Literal
 from hapair.balancer.engine import SBIN, check_nonlocal_bind, engine_of
 from hapair.balancer.nat import check_forwarding
 from hapair.config import Config, ConfigError, read_secret
-from hapair.config.fields import IpAddress
 from hapair.errors import BalancerError
+from hapair.iptypes import IpAddress
 
 Level = Literal["ok", "warning", "error"]
 

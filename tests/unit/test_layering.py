@@ -19,8 +19,18 @@ ROOT: Final = Path(__file__).resolve().parents[2]
 
 #: The layers, lowest first; a module belongs to the longest prefix that names it.
 LAYERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
-    # leaves: the root error, the clock protocol, probing (pure), the off-loop process spawner
-    ("leaf", ("hapair", "hapair.errors", "hapair.clock", "hapair.probing", "hapair.spawn")),
+    # leaves: the root error, IP types, probing (pure); the clock protocol, the process spawner
+    (
+        "leaf",
+        (
+            "hapair",
+            "hapair.errors",
+            "hapair.iptypes",
+            "hapair.probing",
+            "hapair.clock",
+            "hapair.spawn",
+        ),
+    ),
     # the election and its pure pieces (roles, events, actions, priority, announcements)
     ("core", ("hapair.core",)),
     # the heartbeat codec and its authentication
@@ -31,8 +41,7 @@ LAYERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("net", ("hapair.net",)),
     # the data planes and backend health
     ("balancer", ("hapair.balancer",)),
-    # the operational edges (systemd, journald, metrics, hooks, discovery, control client,
-    # doctor) and the logger that writes to journald
+    # operational edges (systemd, journald, metrics, hooks, discovery, doctor) and the logger
     ("ops", ("hapair.ops", "hapair.log")),
     # the daemon: the driver (the only loop), its adapters' wiring, the control server
     ("runtime", ("hapair.runtime",)),
@@ -49,7 +58,7 @@ LAYERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
 APART: Final = (("hapair.balancer", "hapair.core"),)
 
 #: Modules that must stay pure: time passed in, no I/O, no dependency.
-PURE: Final = ("hapair.core", "hapair.wire", "hapair.probing", "hapair.errors")
+PURE: Final = ("hapair.core", "hapair.wire", "hapair.probing", "hapair.errors", "hapair.iptypes")
 
 #: Standard-library modules that do I/O, read the clock or start threads or processes.
 IO_STDLIB: Final = frozenset(
