@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Final
 
 from hapair.core.timing import dead_interval
+from hapair.lab.addresses import NODES
 
 KINDS: Final = (
     "crash",
@@ -42,7 +43,6 @@ DESCRIPTIONS: Final = {
 #: after it heals, both nodes may hold the VIP. The others leave the path healthy (a killed node
 #: is left out of the counts until its stale VIP is released; a stopped one releases its own).
 DISRUPTIVE: Final = frozenset({"crash", "pause", "linkdown", "oneway", "partition"})
-NODES: Final = ("a", "b")
 MAX_FAULTS: Final = 10_000
 MAX_MINUTES: Final = 24 * 60.0
 
