@@ -79,6 +79,8 @@ class Pair(Protocol):
 
 
 class _Started(Protocol):
+    """A process the lab started (``hapair.lab.topology.Proc``)."""
+
     @property
     def pid(self) -> int: ...
 
