@@ -36,9 +36,10 @@ from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hapair.lab.addresses import LAN4, VIP4
 from hapair.lab.nodes import Timers
 from hapair.lab.shell import LabError, wait_until
-from hapair.lab.topology import LAN4, VIP4, Lab
+from hapair.lab.topology import Lab
 
 PORT: Final = 8081
 DNS_NAME: Final = "www.example.com"

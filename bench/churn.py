@@ -41,10 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hapair.config import load_config
 from hapair.errors import HapairError
+from hapair.lab.addresses import LAN4, VIP4
 from hapair.lab.nodes import Timers
 from hapair.lab.shell import LabError, wait_until
-from hapair.lab.topology import LAN4, VIP4, Lab
-from hapair.runtime.control import request
+from hapair.lab.topology import Lab
+from hapair.ops.control_client import request
 
 TIMERS: Final = Timers(interval=0.02, dead_after=3)
 PROBE_INTERVAL: Final = 0.2

@@ -21,12 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hapair.lab.addresses import NODES
 from hapair.lab.dockerbed import DockerBed, DockerPair, connect, find_project
 from hapair.lab.drill import SCENARIOS, DrillOptions, DrillResult, run_drill
 from hapair.lab.nodes import Pair
 from hapair.lab.shell import LabError
 from hapair.lab.testbed import NetnsBed, Testbed
-from hapair.lab.topology import NODES, Lab
+from hapair.lab.topology import Lab
 
 BEDS = ("netns", "docker")
 

@@ -27,12 +27,13 @@ from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hapair.lab.addresses import NODES
 from hapair.lab.drill import SCENARIOS, DrillOptions, run_drill, wait_stable_master
 from hapair.lab.keepalived import bench_pair, keepalived_path
 from hapair.lab.nodes import Timers
 from hapair.lab.shell import LabError, cpu_ticks
 from hapair.lab.testbed import NetnsBed
-from hapair.lab.topology import NODES, Lab
+from hapair.lab.topology import Lab
 
 #: profile -> (hapair timers, keepalived timers); keepalived always declares its master down
 #: after 3 adverts plus skew (RFC 5798), so its dead_after is fixed at 3.

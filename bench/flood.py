@@ -36,13 +36,14 @@ from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hapair.lab.addresses import LAN4, NODES
 from hapair.lab.drill import wait_stable_master
 from hapair.lab.events import dual_master_spans
 from hapair.lab.keepalived import bench_pair, keepalived_path
 from hapair.lab.nodes import Pair, Timers
 from hapair.lab.shell import LabError, cpu_ticks
 from hapair.lab.testbed import NetnsBed
-from hapair.lab.topology import LAN4, NODES, Lab
+from hapair.lab.topology import Lab
 from hapair.wire.heartbeat import PACKET_SIZE, VERSION
 
 FAST: Final = Timers(interval=0.02, dead_after=3)

@@ -37,12 +37,13 @@ from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hapair.lab.addresses import HB4, LAN4, NODES
 from hapair.lab.drill import wait_stable_master
 from hapair.lab.keepalived import bench_pair, keepalived_path
 from hapair.lab.nodes import PEER, Pair, Timers
 from hapair.lab.shell import LabError, cpu_ticks
 from hapair.lab.testbed import NetnsBed
-from hapair.lab.topology import HB4, LAN4, NODES, Lab
+from hapair.lab.topology import Lab
 
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 #: Seconds to wait after the MASTER is stable before sampling: start-up work (state file, GARP

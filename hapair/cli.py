@@ -91,7 +91,7 @@ def control_socket(config: str) -> Path:
 
 
 def _status(config: str) -> dict[str, Any]:
-    from hapair.runtime.control import request
+    from hapair.ops.control_client import request
 
     reply = request(control_socket(config), {"cmd": "status"})
     if reply.get("denied"):
@@ -167,7 +167,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_handover(args: argparse.Namespace) -> int:
     """Planned switchover; wait until the peer reports MASTER."""
     from hapair.config import load_config
-    from hapair.runtime.control import request
+    from hapair.ops.control_client import request
 
     reply = request(control_socket(args.config), {"cmd": "handover"})
     if not reply.get("ok"):
@@ -198,7 +198,7 @@ def cmd_handover(args: argparse.Namespace) -> int:
 
 def cmd_maintenance(args: argparse.Namespace) -> int:
     """Maintenance on: hand over and stay BACKUP (even across restarts) until off."""
-    from hapair.runtime.control import request
+    from hapair.ops.control_client import request
 
     on = args.state == "on"
     reply = request(control_socket(args.config), {"cmd": "maintenance", "on": on})
@@ -224,7 +224,7 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     """Ask the daemon to re-read its file; print why if it refused (it keeps the old one)."""
-    from hapair.runtime.control import request
+    from hapair.ops.control_client import request
 
     reply = request(control_socket(args.config), {"cmd": "reload"})
     if not reply.get("ok"):

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Final
 
 from hapair.errors import HapairError
+from hapair.iptypes import IpAddress
 
 
 def default_state_path() -> Path:
@@ -54,8 +55,6 @@ ARP_SYSCTLS: Final[Mapping[str, int]] = {
     "net.ipv4.conf.all.arp_announce": 2,
 }
 IP_TIMEOUT: Final = 10.0
-
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class RealserverError(HapairError):
@@ -97,7 +96,7 @@ class Plan:
     notes: list[str]
 
 
-def parse_vip(text: str) -> Address:
+def parse_vip(text: str) -> IpAddress:
     """A VIP as given on the command line; RealserverError with a hint otherwise."""
     try:
         address = ipaddress.ip_address(text.strip())
@@ -116,7 +115,7 @@ def needed(vips: Mapping[str, str]) -> dict[str, int]:
     return dict(ARP_SYSCTLS) if v4 else {}
 
 
-def plan_up(state: State, vip: Address, interface: str, current: Mapping[str, int]) -> Plan:
+def plan_up(state: State, vip: IpAddress, interface: str, current: Mapping[str, int]) -> Plan:
     """Record ``vip`` and raise each sysctl it needs that is below its minimum.
 
     A value already at or above the minimum is the administrator's and is left alone (and not
@@ -138,7 +137,7 @@ def plan_up(state: State, vip: Address, interface: str, current: Mapping[str, in
     return Plan(State(vips, saved), writes, notes)
 
 
-def plan_down(state: State, vip: Address, current: Mapping[str, int]) -> Plan:
+def plan_down(state: State, vip: IpAddress, current: Mapping[str, int]) -> Plan:
     """Forget ``vip``; restore the sysctls hapair changed once no prepared VIP needs them.
 
     A sysctl changed by someone else since hapair set it is left as it is now.
@@ -231,7 +230,7 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def has_address(vip: Address, interface: str) -> bool:
+def has_address(vip: IpAddress, interface: str) -> bool:
     """Whether ``vip`` is configured on ``interface`` (RealserverError if there is no such)."""
     proc = _ip("-j", "addr", "show", "dev", interface, check=False)
     if proc.returncode != 0:
@@ -244,7 +243,7 @@ def has_address(vip: Address, interface: str) -> bool:
     return False
 
 
-def _host_prefix(vip: Address) -> str:
+def _host_prefix(vip: IpAddress) -> str:
     return f"{vip}/{32 if vip.version == 4 else 128}"
 
 
@@ -253,7 +252,7 @@ def _sysctl_keys(state: State) -> list[str]:
 
 
 def up(
-    vip: Address, interface: str = DEFAULT_INTERFACE, state_path: Path | None = None
+    vip: IpAddress, interface: str = DEFAULT_INTERFACE, state_path: Path | None = None
 ) -> list[str]:
     """Quiet ARP first, then add the VIP (never a moment where this host answers ARP for it)."""
     state_path = state_path or default_state_path()
@@ -271,7 +270,7 @@ def up(
     return report
 
 
-def down(vip: Address, interface: str | None = None, state_path: Path | None = None) -> list[str]:
+def down(vip: IpAddress, interface: str | None = None, state_path: Path | None = None) -> list[str]:
     """Remove the VIP first (so it is never on a host that answers ARP for it), then restore."""
     state_path = state_path or default_state_path()
     state = load_state(state_path)

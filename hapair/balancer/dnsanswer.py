@@ -21,7 +21,7 @@ import random
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import ip_address
 from typing import Any, Final, Literal
 
 import dns.exception
@@ -33,6 +33,8 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+
+from hapair.iptypes import IpAddress
 
 Scheduler = Literal["rr", "random", "weighted", "source-hash"]
 SCHEDULERS: Final[tuple[Scheduler, ...]] = ("rr", "random", "weighted", "source-hash")
@@ -152,9 +154,7 @@ class _Family:
         "sticky", "weights",
     )  # fmt: skip
 
-    def __init__(
-        self, rdtype: int, slot: int, members: Sequence[tuple[IPv4Address | IPv6Address, int]]
-    ) -> None:
+    def __init__(self, rdtype: int, slot: int, members: Sequence[tuple[IpAddress, int]]) -> None:
         self.rdtype = rdtype
         self.slot = slot
         self.addresses = [a for a, _ in members]
@@ -171,7 +171,7 @@ class _Family:
         return len(self.addresses)
 
 
-def _rrset(name: dns.name.Name, addresses: Sequence[IPv4Address | IPv6Address], ttl: int,
+def _rrset(name: dns.name.Name, addresses: Sequence[IpAddress], ttl: int,
            ) -> dns.rrset.RRset:  # fmt: skip
     rdtype = dns.rdatatype.A if addresses[0].version == 4 else dns.rdatatype.AAAA
     return dns.rrset.from_text_list(name, ttl, "IN", rdtype, [str(a) for a in addresses])
@@ -212,7 +212,7 @@ class Answerer:
         self.zone = zone
         self.rng = rng or random.Random()
         self.counter = counter or _LocalCounter()
-        merged: dict[IPv4Address | IPv6Address, int] = {}
+        merged: dict[IpAddress, int] = {}
         for text, weight in zone.records:
             address = ip_address(text)
             merged[address] = merged.get(address, 0) + weight  # one host, several ports

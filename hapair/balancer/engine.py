@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from hapair.balancer import haproxyconf, nginxconf
-from hapair.balancer.plane import IpAddress, Pool, endpoint_name
+from hapair.balancer.plane import Pool, endpoint_name
 from hapair.balancer.process import RestartPolicy, Supervised, command_line, stop_from_pidfile
 from hapair.config.balancer import Balancer
 from hapair.errors import BalancerError
+from hapair.iptypes import IpAddress
 from hapair.net.freebind import freebind
 
 Engine = Literal["nginx", "haproxy"]

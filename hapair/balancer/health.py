@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from hapair.core.hysteresis import Hysteresis
+from hapair.probing import ProbeState
 
 ProbeKind = Literal["tcp", "http", "none"]
 
@@ -49,9 +49,7 @@ class HealthChange:
 @dataclass(slots=True)
 class _Backend:
     spec: ProbeSpec
-    state: Hysteresis
-    next_due: float
-    in_flight: bool = False
+    state: ProbeState
     last_reason: str = "not probed yet"
     probes: int = field(default=0)
 
@@ -65,7 +63,7 @@ class HealthBoard:
         # Backends start in the pool (as HAProxy's servers do): a fresh node must not start
         # with an empty pool; a dead one leaves after `fall` probes.
         self._backends = {
-            name: _Backend(spec, Hysteresis(spec.rise, spec.fall, initially_up=True), now)
+            name: _Backend(spec, ProbeState(spec.rise, spec.fall, spec.interval, now))
             for name, spec in specs.items()
         }
 
@@ -80,26 +78,25 @@ class HealthBoard:
         """Backends whose probe should start now; they are marked in flight."""
         out = []
         for name, b in self._backends.items():
-            if b.spec.kind != "none" and not b.in_flight and now >= b.next_due:
-                b.in_flight = True
+            if b.spec.kind != "none" and b.state.start(now):
                 out.append(name)
         return out
 
     def record(self, name: str, ok: bool, reason: str, now: float) -> HealthChange | None:
         """Feed one probe result; return the change of pool membership, if any."""
         b = self._backends[name]
-        b.in_flight = False
         b.probes += 1
-        b.next_due = now + b.spec.interval
         b.last_reason = reason
-        if b.state.record(ok):
+        if b.state.record(ok, now):
             return HealthChange(name, b.state.up, reason)
         return None
 
     def next_deadline(self) -> float | None:
         """When the next probe is due (None if nothing is probed)."""
         times = [
-            b.next_due for b in self._backends.values() if b.spec.kind != "none" and not b.in_flight
+            t
+            for b in self._backends.values()
+            if b.spec.kind != "none" and (t := b.state.next_deadline()) is not None
         ]
         return min(times) if times else None
 

@@ -30,8 +30,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from hapair.balancer.plane import IpAddress, Member, Pool, endpoint_name
+from hapair.balancer.plane import Member, Pool, endpoint_name
 from hapair.config.balancer import Balancer
+from hapair.iptypes import IpAddress
 
 CONF_NAME: Final = "nginx.conf"
 PID_NAME: Final = "nginx.pid"

@@ -10,14 +10,14 @@ tests drive all five kinds the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from hapair.iptypes import IpAddress
 
 if TYPE_CHECKING:
     from hapair.config.balancer import Balancer
 
 Scheduler = Literal["rr", "random", "weighted", "source-hash"]
-IpAddress = IPv4Address | IPv6Address
 
 
 def uses_weights(scheduler: Scheduler) -> bool:

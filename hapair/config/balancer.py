@@ -15,7 +15,6 @@ from pydantic import AfterValidator, Field, PlainValidator
 
 from hapair.config.duration import Duration
 from hapair.config.fields import (
-    IpAddress,
     Model,
     Problems,
     StrictBool,
@@ -26,6 +25,7 @@ from hapair.config.fields import (
     problem,
 )
 from hapair.config.shown import toml_repr
+from hapair.iptypes import IpAddress
 
 Kind = Literal["nat", "dr", "proxy", "redirect", "dns"]
 KINDS: Final[tuple[Kind, ...]] = ("nat", "dr", "proxy", "redirect", "dns")

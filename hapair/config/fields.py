@@ -8,7 +8,6 @@ from ipaddress import (
     IPv4Address,
     IPv4Interface,
     IPv6Address,
-    IPv6Interface,
     ip_address,
     ip_interface,
 )
@@ -29,6 +28,7 @@ from pydantic_core import PydanticCustomError
 
 from hapair.config.duration import format_duration
 from hapair.config.shown import toml_repr
+from hapair.iptypes import IpAddress, IpInterface
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/hapair/hapair.toml")
 DEFAULT_SECRET_PATH: Final = Path("/etc/hapair/secret")
@@ -42,8 +42,6 @@ IFNAME_MAX_BYTES: Final = 15
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9._-]+")
 
-IpAddress = IPv4Address | IPv6Address
-IpInterface = IPv4Interface | IPv6Interface
 Problems = list[tuple[str, str]]
 
 

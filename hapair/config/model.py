@@ -29,7 +29,6 @@ from hapair.config.fields import (
     Argv,
     HostAddress,
     IfName,
-    IpAddress,
     Model,
     Name,
     Peers,
@@ -45,6 +44,8 @@ from hapair.config.fields import (
 )
 from hapair.config.hooks import Hook
 from hapair.config.shown import toml_repr
+from hapair.core.timing import dead_interval, dead_time, skew
+from hapair.iptypes import IpAddress
 
 
 class Node(Model):
@@ -71,7 +72,7 @@ class Cluster(Model):
     @property
     def dead_interval(self) -> float:
         """Seconds of silence, before skew, after which a peer is declared dead."""
-        return self.dead_after * self.interval
+        return dead_interval(self.interval, self.dead_after)
 
     @property
     def peers_auto(self) -> bool:
@@ -297,6 +298,11 @@ def _subnet_edge(peer: IpAddress, vips: tuple[Vip, ...]) -> str | None:
     return None
 
 
+def _check_priority(priority: int) -> None:
+    if not 0 <= priority <= 255:
+        raise ValueError(f"priority must be 0..255, got {priority}")
+
+
 class Config(Model):
     """A whole validated hapair configuration."""
 
@@ -353,13 +359,13 @@ class Config(Model):
 
     def skew_for(self, priority: int) -> float:
         """Seconds a node of `priority` waits beyond the dead interval; higher waits less."""
-        if not 0 <= priority <= 255:
-            raise ValueError(f"priority must be 0..255, got {priority}")
-        return (256 - priority) / 256 * self.cluster.interval
+        _check_priority(priority)
+        return skew(self.cluster.interval, priority)
 
     def dead_time_for(self, priority: int) -> float:
         """Seconds of peer silence before a node of `priority` declares the peer dead."""
-        return self.cluster.dead_interval + self.skew_for(priority)
+        _check_priority(priority)
+        return dead_time(self.cluster.interval, self.cluster.dead_after, priority)
 
     @property
     def dead_time(self) -> float:

@@ -41,6 +41,7 @@ from hapair.core.events import (
     Tick,
 )
 from hapair.core.roles import Role
+from hapair.core.timing import dead_time
 
 #: The only role changes the machine may make; anything else is a bug and raises.
 TRANSITIONS: Final[frozenset[tuple[Role, Role]]] = frozenset(
@@ -83,8 +84,7 @@ class ElectionSettings:
 
     def dead_time(self, peer_interval: float, own_priority: int) -> float:
         """How long a peer may stay silent before it is declared dead."""
-        skew = (256 - own_priority) / 256 * peer_interval
-        return self.dead_after * peer_interval + skew
+        return dead_time(peer_interval, self.dead_after, own_priority)
 
 
 @dataclass(slots=True)

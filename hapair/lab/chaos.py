@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Final
 
+from hapair.core.timing import dead_interval
+from hapair.lab.addresses import NODES
+
 KINDS: Final = (
     "crash",
     "kill",
@@ -40,7 +43,6 @@ DESCRIPTIONS: Final = {
 #: after it heals, both nodes may hold the VIP. The others leave the path healthy (a killed node
 #: is left out of the counts until its stale VIP is released; a stopped one releases its own).
 DISRUPTIVE: Final = frozenset({"crash", "pause", "linkdown", "oneway", "partition"})
-NODES: Final = ("a", "b")
 MAX_FAULTS: Final = 10_000
 MAX_MINUTES: Final = 24 * 60.0
 
@@ -105,7 +107,7 @@ def make_schedule(
     if not 0 < minutes <= MAX_MINUTES or interval <= 0 or dead_after < 1:
         raise ValueError("need 0 < minutes <= 1440, interval > 0 and dead_after >= 1")
     rng = random.Random(seed)
-    dead = interval * dead_after
+    dead = dead_interval(interval, dead_after)
     # A quiet gap long enough to judge the heal: one dead time to converge, then some calm.
     gap_lo, gap_hi = max(1.0, 6 * dead), max(3.0, 20 * dead)
     budget = minutes * 60.0

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from hapair.lab.addresses import LAN4
 from hapair.lab.chaos import Fault
 from hapair.lab.chaoscheck import CrashObs
 from hapair.lab.events import Event
@@ -99,8 +100,6 @@ def _partition(r: ChaosRunner, f: Fault, ex: Executed) -> Healer | None:
 
 
 def _flood(r: ChaosRunner, f: Fault, ex: Executed) -> Healer | None:
-    from hapair.lab.topology import LAN4
-
     if importlib.util.find_spec(FLOOD_TOOL) is None:
         ex.notes.append(f"flood tool missing ({FLOOD_TOOL}): skipped")
         return None
@@ -140,8 +139,6 @@ def _flood_summary(out: Path, rc: int | None) -> str:
 
 
 def _flap(r: ChaosRunner, f: Fault, ex: Executed) -> Healer | None:
-    from hapair.lab.topology import LAN4
-
     if r.balancer == "none":
         ex.notes.append("no balancer (--balancer none): skipped")
         return None

@@ -6,6 +6,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from hapair.config.duration import format_duration
+from hapair.core.timing import dead_interval
 from hapair.lab.chaoscheck import INVARIANTS, Outcome
 from hapair.lab.chaosrun import FLOOD_RATE
 
@@ -105,7 +106,7 @@ def _round(seconds: float) -> float:
 
 def format_report(r: ChaosResult, replay: str) -> str:
     """Return the report as a readable table."""
-    dead = r.interval * r.dead_after
+    dead = dead_interval(r.interval, r.dead_after)
     head = (
         f"chaos drill, seed {r.seed}: {r.duration:.0f} s at {format_duration(r.interval)} x "
         f"{r.dead_after} (dead time {dead * 1000:.0f} ms, tolerance {r.tolerance * 1000:.0f} ms), "

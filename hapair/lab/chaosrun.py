@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from hapair.lab import shell
+from hapair.lab.addresses import VIP4
 from hapair.lab.chaos import DISRUPTIVE, Fault
 from hapair.lab.chaoscheck import (
     Bounds,
@@ -105,8 +106,6 @@ class ChaosResult:
 
 def balancer_toml(kind: str) -> str:
     """The balancer both nodes run in a chaos drill: VIP:8080 to r1:80 and r2:80."""
-    from hapair.lab.topology import VIP4
-
     table = BALANCER_TABLES[kind]
     head = f'\n[balancer]\nkind = "{table[0]}"\nscheduler = "rr"\nlisten = "{VIP4}:8080"\n'
     return head + table[1] + checked_pool(0.2, 2)
@@ -154,8 +153,6 @@ class VipMonitor:
 
     def start(self) -> None:
         """Start the monitors, then take a snapshot (a change in between is seen twice)."""
-        from hapair.lab.topology import VIP4
-
         for node in PEER:
             proc = self.lab.spawn(
                 f"chaos-vipmon-{node}", node, ["ip", "-ts", "monitor", "address"],

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Final
 
 from hapair.lab import shell
+from hapair.lab.addresses import NODES
 from hapair.lab.client import ProbeRun
 from hapair.lab.events import Event, dual_master_spans
 from hapair.lab.nodes import PEER, Pair
@@ -28,7 +29,6 @@ from hapair.lab.probe import (
 from hapair.lab.shell import LabError
 from hapair.lab.testbed import Testbed
 
-NODES: Final = tuple(PEER)
 SCENARIOS: Final = ("crash", "kill", "pause", "linkdown", "handover", "sigterm", "partition")
 DESCRIPTIONS: Final = {
     "crash": "the master's host dies: every process killed, links cut",

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from hapair.lab import shell
+from hapair.lab.addresses import LAN4, VIP4, VIP6
 from hapair.lab.nodes import PEER, PRIORITY, LogReadingPair, Pair, Timers, wait_started
 from hapair.lab.shell import LabError
 
@@ -50,8 +51,6 @@ class KeepalivedPair(LogReadingPair):
 
     def config_text(self, node: str) -> str:
         """Return keepalived.conf for `node`: timers and GARP behaviour matched to hapair's."""
-        from hapair.lab.topology import LAN4, VIP4, VIP6
-
         t = self.timers
         # keepalived refuses mixed families in one block; the IPv6 VIP goes in the excluded one.
         excluded = (

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import Final, Protocol
 
 from hapair.config.duration import format_duration
 from hapair.config.keygen import generate_key
+from hapair.core.timing import dead_interval
 from hapair.errors import HapairError
 from hapair.lab import shell
+from hapair.lab.addresses import LAN4, VIP4, VIP6
 from hapair.lab.events import Event, LogFollower, current_role, first
 from hapair.lab.shell import LabError
-
-if TYPE_CHECKING:
-    from hapair.lab.topology import Lab
 
 PRIORITY: Final = {"a": 150, "b": 100}
 PEER: Final = {"a": "b", "b": "a"}
@@ -37,7 +38,7 @@ class Timers:
     @property
     def dead_time(self) -> float:
         """Return how long a silent peer takes to be declared dead, in seconds."""
-        return self.interval * self.dead_after
+        return dead_interval(self.interval, self.dead_after)
 
 
 class Pair(Protocol):
@@ -77,6 +78,40 @@ class Pair(Protocol):
         """Return `node`'s current role per its log (None when not running)."""
 
 
+class _Started(Protocol):
+    """A process the lab started (``hapair.lab.topology.Proc``)."""
+
+    @property
+    def pid(self) -> int: ...
+
+
+class PairLab(Protocol):
+    """What a pair's daemons need from the lab they run in (``hapair.lab.topology.Lab``)."""
+
+    @property
+    def dir(self) -> Path: ...
+    @property
+    def prefix(self) -> str: ...
+    @property
+    def ipv6(self) -> bool: ...
+    @property
+    def procs(self) -> Mapping[str, _Started]: ...
+
+    def peer_addresses(self, node: str) -> list[str]: ...
+
+    def python(
+        self, host: str, args: Sequence[str], *, timeout: float = ..., check: bool = ...
+    ) -> subprocess.CompletedProcess[str]: ...
+
+    def spawn(self, key: str, host: str, argv: Sequence[str]) -> object: ...
+
+    def running(self, key: str) -> bool: ...
+
+    def stop(
+        self, key: str, *, sig: signal.Signals = ..., group: bool = ..., timeout: float = ...
+    ) -> int | None: ...
+
+
 def wait_started(pair: LogReadingPair, node: str, since: float, event: str, failure: str) -> None:
     """Wait (bounded) until `pair`'s daemon on `node` logs `event`; LabError if it dies first."""
 
@@ -92,8 +127,6 @@ def wait_started(pair: LogReadingPair, node: str, since: float, event: str, fail
 
 def checked_pool(probe_interval: float, fall: int) -> str:
     """TOML: backends r1:80 (weight 2) and r2:80 behind a fast http check (rise 1)."""
-    from hapair.lab.topology import LAN4
-
     return f"""
 [balancer.check]
 kind = "http"
@@ -153,7 +186,7 @@ class HapairPair(LogReadingPair):
 
     label = "hapair"
 
-    def __init__(self, lab: Lab, timers: Timers) -> None:
+    def __init__(self, lab: PairLab, timers: Timers) -> None:
         self.lab = lab
         self.timers = timers
         super().__init__()
@@ -168,8 +201,6 @@ class HapairPair(LogReadingPair):
 
     def config_text(self, node: str) -> str:
         """Return the TOML configuration of `node`."""
-        from hapair.lab.topology import VIP4, VIP6
-
         peer = PEER[node]
         t = self.timers
         vips = [f'[[vip]]\naddress = "{VIP4}/24"\ninterface = "eth0"\n']
@@ -259,7 +290,7 @@ class HapairPair(LogReadingPair):
         the ``loop_late`` line it logged (the first one over its threshold); None if neither
         tells."""
         from hapair.config import load_config
-        from hapair.runtime.control import request
+        from hapair.ops.control_client import request
 
         worst: float | None = None
         field = "blocked" if key.startswith("worst_blocked") else "lateness"

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Final
 
+from hapair.lab.addresses import HB4, LAN4
 from hapair.lab.shell import LabError, wait_until
 from hapair.wire.heartbeat import MAGIC, PACKET_SIZE
 
@@ -123,8 +124,6 @@ def send(
 
 def start_recording(lab: Lab, node: str, out: Path, seconds: float = 600.0) -> None:
     """Record `node`'s LAN heartbeats on the switch port facing it (stop with `lab.stop`)."""
-    from hapair.lab.topology import LAN4
-
     lab.spawn(
         f"recorder-{node}", "sw",
         [sys.executable, "-m", "hapair.lab.replay", "record", "--iface", f"v-{node}",
@@ -144,7 +143,6 @@ def replay_heartbeats(
 ) -> int:
     """Replay a recording of `node` from its own namespace to both of its peer's addresses."""
     from hapair.lab.nodes import PEER
-    from hapair.lab.topology import HB4, LAN4
 
     peer = PEER[node]
     dsts = [LAN4[peer], *([HB4[peer]] if lab.direct_cable else [])]

@@ -15,6 +15,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Protocol
 
+from hapair.lab.addresses import VIP4
 from hapair.lab.client import ProbeRun, lines_of, probe_argv
 
 if TYPE_CHECKING:
@@ -61,8 +62,6 @@ class NetnsBed:
     kind = "netns"
 
     def __init__(self, lab: Lab, pair: Pair) -> None:
-        from hapair.lab.topology import VIP4
-
         self.lab, self.pair, self.vip = lab, pair, VIP4
         self._probes = 0
 

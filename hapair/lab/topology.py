@@ -30,27 +30,13 @@ from typing import IO, Final
 
 import hapair
 from hapair.lab import shell
+from hapair.lab.addresses import HB4, HOSTS, LAN4, LAN6, NODES, SWITCH, VIP4, VIP6, mac
 from hapair.lab.events import Event
 from hapair.lab.nodes import HapairPair, Timers
 from hapair.lab.shell import LabError
 
 Handler = Callable[[int, FrameType | None], object] | int | None
 
-NODES: Final = ("a", "b")
-HOSTS: Final = ("a", "b", "c", "r1", "r2", "x")
-SWITCH: Final = "sw"
-LAN4: Final = {
-    "a": "10.77.0.11",
-    "b": "10.77.0.12",
-    "c": "10.77.0.100",
-    "r1": "10.77.0.21",
-    "r2": "10.77.0.22",
-    "x": "10.77.0.66",
-}
-LAN6: Final = {h: f"fd77::{v.rsplit('.', 1)[1]}" for h, v in LAN4.items()}
-HB4: Final = {"a": "192.168.77.1", "b": "192.168.77.2"}
-VIP4: Final = "10.77.0.50"
-VIP6: Final = "fd77::50"
 PREFIX_PATTERN: Final = re.compile(r"[a-z][a-z0-9]{0,9}")
 DIR_TAG: Final = "hapair-lab-"
 SERVICE_READY_TIMEOUT: Final = 10.0
@@ -71,12 +57,6 @@ SWITCH_SYSCTLS: Final = (
     "net.ipv6.conf.all.disable_ipv6=1",
     "net.ipv6.conf.default.disable_ipv6=1",
 )
-
-
-def mac(host: str, link: int = 0) -> str:
-    """Return the fixed MAC of `host`'s eth`link`, readable in ARP tables (02:77:0L:00:00:HH)."""
-    last = int(LAN4[host].rsplit(".", 1)[1])
-    return f"02:77:0{link}:00:00:{last:02x}"
 
 
 def check_prefix(prefix: str) -> str:

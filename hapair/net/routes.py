@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from pyroute2.iproute.linux import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from hapair.iptypes import IpAddress
 
-def has_route(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+
+def has_route(address: IpAddress) -> bool:
     """True if the kernel has a route to ``address`` (``ip route get``)."""
     ipr: Any = IPRoute()
     try:

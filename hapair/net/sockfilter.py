@@ -16,12 +16,13 @@ IP header is reached through ``SKF_NET_OFF`` (negative offsets). tests/component
 from __future__ import annotations
 
 import ctypes
-import ipaddress
 import socket
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
+
+from hapair.iptypes import IpAddress
 
 # Instruction classes, sizes, modes, ALU/jump ops and sources (linux/filter.h, linux/bpf_common.h)
 BPF_LD: Final = 0x00
@@ -152,11 +153,8 @@ def encode(insns: Sequence[Insn]) -> bytes:
     return b"".join(i.encode() for i in insns)
 
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
 def heartbeat_program(
-    sources: Sequence[IPAddress],
+    sources: Sequence[IpAddress],
     port: int,
     size: int | None,
     tokens: Sequence[bytes] | None = None,

@@ -1,7 +1,8 @@
 """Fitness checks (``[[track]]``): interface carrier, gateway reachability, a command.
 
-Each check keeps its own rise/fall hysteresis; the daemon recomputes the effective priority
-from the set of currently failing checks (``hapair.core.priority``), never by counting.
+Each check keeps its own rise/fall hysteresis and probe schedule (``hapair.probing``); the
+daemon recomputes the effective priority from the set of currently failing checks
+(``hapair.core.priority``), never by counting.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from hapair.config.model import CommandTrack, GatewayTrack, InterfaceTrack, Track
-from hapair.core.hysteresis import Hysteresis
 from hapair.core.priority import Weight
-from hapair.ops.spawn import spawn
+from hapair.probing import ProbeState
+from hapair.spawn import spawn
 
 #: How long a probe killed at its timeout gets to be reaped before the check moves on.
 KILL_REAP: Final = 1.0
@@ -25,14 +26,12 @@ KILL_REAP: Final = 1.0
 
 @dataclass
 class Check:
-    """One configured check and its debounced state."""
+    """One configured check: its debounced state and its probe schedule (``state``)."""
 
     name: str
     weight: Weight
     track: Track
-    state: Hysteresis
-    next_due: float = 0.0
-    running: bool = False
+    state: ProbeState
     argv: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -82,8 +81,7 @@ def build_checks(tracks: tuple[Track, ...], now: float) -> list[Check]:
                 name=describe(index, track),
                 weight=track.weight,
                 track=track,
-                state=Hysteresis(track.rise, track.fall, initially_up=True),
-                next_due=now,
+                state=ProbeState(track.rise, track.fall, track.interval, now),
                 argv=argv,
             )
         )

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from hapair.errors import RuntimeSetupError
+from hapair.iptypes import IpAddress
 from hapair.net import sockfilter
 from hapair.wire.heartbeat import FILTER_TOKEN_OFFSET
 
@@ -40,14 +41,12 @@ TOS_CS6: Final = 0xC0
 RCVBUF: Final = 1 << 20
 SO_RCVBUFFORCE: Final = 33
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-
-def _family(address: IPAddress) -> int:
+def _family(address: IpAddress) -> int:
     return socket.AF_INET6 if address.version == 6 else socket.AF_INET
 
 
-def local_address_for(peer: IPAddress, port: int) -> IPAddress | None:
+def local_address_for(peer: IpAddress, port: int) -> IpAddress | None:
     """The source address the kernel picks to reach ``peer`` (None: no route).
 
     A connect() of a UDP socket is a route look-up in the kernel and sends nothing: no
@@ -78,9 +77,9 @@ def _setup_error(port: int, exc: OSError) -> RuntimeSetupError:
 class _Socket:
     """One bound socket and the peers (links) it serves: usually exactly one."""
 
-    local: IPAddress
+    local: IpAddress
     sock: socket.socket
-    peers: list[IPAddress] = field(default_factory=list)
+    peers: list[IpAddress] = field(default_factory=list)
     #: The link's name and each peer's socket address, made once (str() of an address
     #: costs microseconds, and the loop needs them at every send and receive).
     name: str = field(init=False)
@@ -98,7 +97,7 @@ class UdpTransport:
     def __init__(
         self,
         port: int,
-        peers: Iterable[IPAddress],
+        peers: Iterable[IpAddress],
         *,
         packet_size: int | None = None,
         token_offset: int = FILTER_TOKEN_OFFSET,
@@ -106,14 +105,14 @@ class UdpTransport:
         self.port = port
         self.packet_size = packet_size
         self.token_offset = token_offset
-        self.peers: tuple[IPAddress, ...] = ()
+        self.peers: tuple[IpAddress, ...] = ()
         self.send_errors = 0
         #: Why a link has no socket right now (no route, address gone, bind refused).
         self.link_errors: dict[str, str] = {}
         self._tokens: tuple[bytes, ...] | None = None
-        self._socks: dict[IPAddress, _Socket] = {}  # by local address
+        self._socks: dict[IpAddress, _Socket] = {}  # by local address
         self._by_fd: dict[int, _Socket] = {}
-        self._pending: list[IPAddress] = []  # links without a socket: retried on send
+        self._pending: list[IpAddress] = []  # links without a socket: retried on send
         self._drops_closed: dict[str, int] = {}  # counts of sockets already closed
         self._rotate = 0
         self._epoll = select.epoll()
@@ -138,14 +137,14 @@ class UdpTransport:
             except OSError as exc:
                 raise _setup_error(self.port, exc) from exc
 
-    def set_peers(self, peers: Iterable[IPAddress]) -> None:
+    def set_peers(self, peers: Iterable[IpAddress]) -> None:
         """Replace the links (reload, discovery): sockets are opened and closed to match.
 
         Never raises: a link that cannot be opened now is retried at each send.
         """
         self._apply(tuple(peers), strict=False)
 
-    def _apply(self, peers: tuple[IPAddress, ...], *, strict: bool) -> None:
+    def _apply(self, peers: tuple[IpAddress, ...], *, strict: bool) -> None:
         self.peers = peers
         wanted = {p: local_address_for(p, self.port) for p in dict.fromkeys(peers)}
         for entry in list(self._socks.values()):
@@ -158,11 +157,11 @@ class UdpTransport:
         self._open_pending(strict=strict, resolved=wanted)
 
     def _open_pending(
-        self, *, strict: bool, resolved: dict[IPAddress, IPAddress | None] | None = None
+        self, *, strict: bool, resolved: dict[IpAddress, IpAddress | None] | None = None
     ) -> None:
         """Open a socket for every link that has none (grouped by local address)."""
         pending, self._pending = self._pending, []
-        groups: dict[IPAddress, list[IPAddress]] = {}
+        groups: dict[IpAddress, list[IpAddress]] = {}
         for peer in pending:
             local = (resolved or {}).get(peer) or local_address_for(peer, self.port)
             if local is None:
@@ -193,7 +192,7 @@ class UdpTransport:
             for p in group:
                 self.link_errors.pop(str(p), None)
 
-    def _open(self, local: IPAddress, peers: list[IPAddress]) -> _Socket:
+    def _open(self, local: IpAddress, peers: list[IpAddress]) -> _Socket:
         family = _family(local)
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:

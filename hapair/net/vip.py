@@ -10,13 +10,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
+from ipaddress import IPv4Interface, IPv6Interface, ip_address
 from typing import Any, Final, Literal, TypeVar
 
 from pyroute2.iproute.linux import IPRoute
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_fixed
 
 from hapair.errors import VipError
+from hapair.iptypes import IpAddress
 from hapair.net.rtaddr import AddressSocket
 
 _T = TypeVar("_T")
@@ -62,7 +63,7 @@ class Vip:
         return socket.AF_INET if self.address.version == 4 else socket.AF_INET6
 
     @property
-    def ip(self) -> IPv4Address | IPv6Address:
+    def ip(self) -> IpAddress:
         """The bare address, without prefix length."""
         return self.address.ip
 

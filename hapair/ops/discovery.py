@@ -16,7 +16,6 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from ipaddress import (
-    IPv4Address,
     IPv4Network,
     IPv6Address,
     IPv6Network,
@@ -26,7 +25,8 @@ from typing import Any, Final, Protocol
 
 from zeroconf import ServiceInfo
 
-IPAddress = IPv4Address | IPv6Address
+from hapair.iptypes import IpAddress
+
 IPNetwork = IPv4Network | IPv6Network
 
 SERVICE_TYPE: Final = "_hapair._udp.local."
@@ -173,7 +173,7 @@ class Seen:
 
     name: str
     record: NodeRecord
-    addresses: tuple[IPAddress, ...]
+    addresses: tuple[IpAddress, ...]
     expires: float
 
     def as_dict(self) -> dict[str, Any]:
@@ -192,9 +192,9 @@ class Seen:
         }
 
 
-def parse_addresses(texts: Iterable[str]) -> tuple[IPAddress, ...]:
+def parse_addresses(texts: Iterable[str]) -> tuple[IpAddress, ...]:
     """Unicast addresses parsed from `texts`, IPv4 first, at most MAX_ADDRESSES."""
-    out: list[IPAddress] = []
+    out: list[IpAddress] = []
     for text in texts:
         try:
             addr = ip_address(text.split("%", 1)[0])
@@ -220,7 +220,7 @@ class PeerFinder:
         self,
         *,
         me: str | None = None,
-        own_addresses: Iterable[IPAddress] = (),
+        own_addresses: Iterable[IpAddress] = (),
         networks: Iterable[IPNetwork] = (),
         port: int | None = None,
         log: WarnLog | None = None,
@@ -378,7 +378,7 @@ def host_label(cluster: str, node: str) -> str:
 
 def service_info(
     record: NodeRecord,
-    addresses: Sequence[IPAddress],
+    addresses: Sequence[IpAddress],
     *,
     name: str | None = None,
 ) -> ServiceInfo:

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from hapair.config import Config
-from hapair.config.fields import IpAddress
 from hapair.errors import HapairError
+from hapair.iptypes import IpAddress
+from hapair.ops.control_client import is_live
 from hapair.ops.doctor_checks import (
     CAP_NET_RAW,
     Finding,
@@ -40,7 +41,6 @@ from hapair.ops.doctor_checks import (
     ipv4_addresses,
 )
 from hapair.ops.doctor_peer import Capture, CaptureFn, assess_peers, capture_heartbeats, probe_wait
-from hapair.runtime.control import is_live
 
 
 def _has_route(address: IpAddress) -> bool:

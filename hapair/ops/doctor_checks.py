@@ -26,8 +26,8 @@ from typing import Any, Final, Literal
 from hapair.balancer.engine import SBIN
 from hapair.balancer.kinds import Program, spec_for
 from hapair.config import Config, ConfigError, read_secret
-from hapair.config.fields import IpAddress
 from hapair.errors import BalancerError
+from hapair.iptypes import IpAddress
 
 Level = Literal["ok", "warning", "error"]
 

@@ -31,7 +31,7 @@ from typing import Any, Final, Protocol
 
 from hapair.config.hooks import Hook
 from hapair.core.roles import Role
-from hapair.ops.spawn import Child, spawn
+from hapair.spawn import Child, spawn
 
 #: The lane of every role change: a newer role change supersedes the older chain.
 ROLE_LANE: Final = "role"

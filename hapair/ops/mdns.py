@@ -31,6 +31,7 @@ from zeroconf import (  # type: ignore[attr-defined]
 )
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo
 
+from hapair.iptypes import IpAddress
 from hapair.ops.discovery import (
     CLASS_IN,
     FLAGS_QUERY,
@@ -45,7 +46,6 @@ from hapair.ops.discovery import (
     THREAD_CALL_TIMEOUT,
     TYPE_SRV,
     TYPE_TXT,
-    IPAddress,
     NodeRecord,
     PeerFinder,
     Quiet,
@@ -69,7 +69,7 @@ def open_zeroconf(interfaces: Sequence[str | int] | None = None) -> Zeroconf:
     return Zeroconf(interfaces=choice, use_asyncio=False)
 
 
-def interface_addresses(ifname: str) -> list[tuple[IPAddress, int]]:
+def interface_addresses(ifname: str) -> list[tuple[IpAddress, int]]:
     """`ifname`'s own addresses with their prefix lengths, read over rtnetlink (start-up only).
 
     pyroute2's synchronous API runs an event loop of its own, which cannot nest in a running
@@ -83,10 +83,10 @@ def interface_addresses(ifname: str) -> list[tuple[IPAddress, int]]:
         return pool.submit(_dump_addresses, ifname).result(THREAD_CALL_TIMEOUT)
 
 
-def _dump_addresses(ifname: str) -> list[tuple[IPAddress, int]]:
+def _dump_addresses(ifname: str) -> list[tuple[IpAddress, int]]:
     from pyroute2.iproute.linux import IPRoute  # not pyroute2's top level: see hapair.net
 
-    out: list[tuple[IPAddress, int]] = []
+    out: list[tuple[IpAddress, int]] = []
     with IPRoute() as ipr:
         indexes = ipr.link_lookup(ifname=ifname)
         if not indexes:
@@ -135,7 +135,7 @@ class Announcer:
         self,
         zc: Zeroconf,
         record: NodeRecord,
-        addresses: Sequence[IPAddress],
+        addresses: Sequence[IpAddress],
         *,
         log: WarnLog | None = None,
     ) -> None:

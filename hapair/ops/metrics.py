@@ -26,9 +26,9 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from hapair import __version__
+from hapair.clock import Clock
 from hapair.core.roles import Role
 from hapair.errors import RuntimeSetupError
-from hapair.runtime.clock import Clock
 from hapair.wire.heartbeat import RejectReason
 
 #: The reasons the election gives for a transition. Others are folded (see transition_reason)

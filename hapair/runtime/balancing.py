@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from hapair.balancer.health import HealthBoard, HealthChange, ProbeSpec
+from hapair.clock import Clock
 from hapair.config.balancer import Backend, Balancer
 from hapair.config.model import Config
 from hapair.errors import BalancerError
-from hapair.runtime.clock import Clock
 from hapair.runtime.worker import ThreadWorker, Worker
 
 if TYPE_CHECKING:

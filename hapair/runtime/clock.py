@@ -1,26 +1,8 @@
-"""The clock protocol: the driver is the only code that reads time."""
+"""The driver's CPU-wait clock (the ``Clock`` protocol itself is ``hapair.clock``)."""
 
 from __future__ import annotations
 
 import os
-import time
-from typing import Protocol
-
-
-class Clock(Protocol):
-    """Monotonic seconds."""
-
-    def now(self) -> float:
-        """Current monotonic time in seconds."""
-        ...
-
-
-class MonotonicClock:
-    """The production clock."""
-
-    def now(self) -> float:
-        """``time.monotonic()``."""
-        return time.monotonic()
 
 
 class CpuWait:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from hapair.errors import HapairError, RuntimeSetupError
+from hapair.ops.control_client import is_live
 
 MAX_REQUEST: Final = 4096
 # A request is a flat object; anything nested deeper is not one of ours.
@@ -294,51 +295,3 @@ class ControlServer:
             await asyncio.wait(list(self._active), timeout=CLIENT_TIMEOUT)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-
-
-def is_live(path: Path) -> bool:
-    """True if a daemon accepts connections on ``path``."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        try:
-            s.connect(str(path))
-        except OSError:
-            return False
-        return True
-
-
-def request(path: Path, payload: dict[str, Any], timeout: float = 3.0) -> dict[str, Any]:
-    """Send one request to a running daemon and return its reply; HapairError if that fails."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(str(path))
-            with contextlib.suppress(BrokenPipeError):
-                # A daemon that refuses at once (busy) has replied and closed: read that reply.
-                s.sendall(json.dumps(payload).encode() + b"\n")
-            buf = b""
-            while not buf.endswith(b"\n") and len(buf) <= 1 << 24:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-    except FileNotFoundError:
-        raise HapairError(f"no daemon: control socket {path} does not exist") from None
-    except ConnectionRefusedError:
-        raise HapairError(f"no daemon listening on {path} (stale socket?)") from None
-    except PermissionError:
-        raise HapairError(
-            f"permission denied on the control socket {path}: run as root or as a member of"
-            " runtime.control_group (status) or runtime.control_admin_group"
-        ) from None
-    except TimeoutError:
-        raise HapairError(f"the daemon on {path} did not answer within {timeout:g}s") from None
-    except OSError as exc:
-        raise HapairError(f"control socket {path}: {exc.strerror or exc}") from None
-    try:
-        reply = json.loads(buf or b"{}")
-    except ValueError:
-        reply = None
-    if not isinstance(reply, dict):
-        raise HapairError("malformed reply from the daemon")
-    return reply

@@ -18,6 +18,7 @@ from ipaddress import ip_interface
 from pathlib import Path
 from typing import Any, Final
 
+from hapair.clock import MonotonicClock
 from hapair.config import Config, load_config, read_secret
 from hapair.errors import BalancerError, ConfigError, HapairError, RuntimeSetupError, VipError
 from hapair.log import configure, get_logger
@@ -27,7 +28,6 @@ from hapair.net.transport import UdpTransport
 from hapair.net.vip import VipManager
 from hapair.net.watch import ArpWatcher, NetlinkWatcher
 from hapair.ops.systemd import Notifier, status_line_from
-from hapair.runtime.clock import MonotonicClock
 from hapair.runtime.control import ControlServer
 from hapair.runtime.loop import LoopDriver
 from hapair.runtime.node import Node

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 
-from hapair.runtime.clock import CpuWait, MonotonicClock
+from hapair.clock import MonotonicClock
+from hapair.runtime.clock import CpuWait
 from hapair.runtime.node import Node
 
 

@@ -15,6 +15,7 @@ from ipaddress import IPv4Address
 from typing import Any, Final
 
 from hapair.balancer.health import HealthChange
+from hapair.clock import Clock
 from hapair.config.model import Config
 from hapair.core.actions import (
     AcquireVips,
@@ -52,7 +53,7 @@ from hapair.net.watch import (
 )
 from hapair.ops.hooks import HookRunner
 from hapair.runtime.balancing import BalancerDriver
-from hapair.runtime.clock import Clock, CpuWait
+from hapair.runtime.clock import CpuWait
 from hapair.runtime.conflicts import ConflictResponder
 from hapair.runtime.fitness import FitnessTracker
 from hapair.runtime.heartbeats import Heartbeats, LinkCopy
@@ -332,7 +333,7 @@ class Node:
         for nxt in (announce, self.conflicts.next_deadline(), board, self.ops.next_deadline()):
             if nxt is not None:
                 deadlines.append(nxt)
-        deadlines += [c.next_due for c in self.checks if c.argv and not c.running]
+        deadlines += [c.state.next_due for c in self.checks if c.argv and not c.state.in_flight]
         return min(deadlines)
 
     def step(self, now: float | None = None, *, heartbeats_only: bool = False) -> bool:
@@ -508,8 +509,7 @@ class Node:
 
     def _start_due_probes(self, now: float) -> None:
         for check in self.checks:
-            if check.argv and not check.running and now >= check.next_due:
-                check.running = True
+            if check.argv and check.state.start(now):
                 task = asyncio.ensure_future(self._probe(check))
                 self._probe_tasks.add(task)
                 task.add_done_callback(self._probe_tasks.discard)
@@ -534,10 +534,8 @@ class Node:
 
     async def _probe(self, check: Check) -> None:
         ok = await run_probe(check.argv, check.track.timeout)
-        check.running = False
         now = self.clock.now()
-        check.next_due = now + check.track.interval
-        if check.state.record(ok):
+        if check.state.record(ok, now):
             self.log.info("track_changed", check=check.name, up=check.state.up)
             self._refresh_fitness(now)
         self.wake()

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Protocol
 
+from hapair.iptypes import IpAddress
 from hapair.net.vip import Vip
 from hapair.net.watch import ArpConflict, NetEvent
 from hapair.runtime.state import PersistentState, WriteResult
@@ -23,7 +24,7 @@ class HeartbeatLinks(Protocol):
     """One socket per heartbeat link (`hapair.net.transport.UdpTransport`)."""
 
     @property
-    def peers(self) -> tuple[IPv4Address | IPv6Address, ...]:
+    def peers(self) -> tuple[IpAddress, ...]:
         """The peer's addresses, one per link."""
         ...
 
@@ -39,7 +40,7 @@ class HeartbeatLinks(Protocol):
         """What is queued now, as (datagram, source address, link); never blocks."""
         ...
 
-    def set_peers(self, peers: Iterable[IPv4Address | IPv6Address]) -> None:
+    def set_peers(self, peers: Iterable[IpAddress]) -> None:
         """Point the links at new peer addresses (a reload, discovery)."""
         ...
 

@@ -26,7 +26,7 @@ from hapair.core.roles import Role
 from hapair.errors import BalancerError, ConfigError, HapairError, RuntimeSetupError
 from hapair.net.transport import UdpTransport
 from hapair.net.vip import VipManager
-from hapair.runtime.control import is_live
+from hapair.ops.control_client import is_live
 from hapair.runtime.heartbeats import Heartbeats
 from hapair.runtime.wiring import vips_of
 from hapair.wire.heartbeat import PACKET_SIZE, cluster_id, vip_digest

@@ -14,17 +14,16 @@ import heapq
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
 from hapair.errors import VipError
+from hapair.iptypes import IpAddress
 from hapair.net.vip import Vip
 from hapair.net.watch import ArpConflict, NetEvent
 from hapair.runtime.state import PersistentState, WriteResult
 from hapair.testing.clock import FakeClock
 from hapair.wire.heartbeat import FILTER_TOKEN_OFFSET, FILTER_TOKEN_SIZE
-
-Address = IPv4Address | IPv6Address
 
 
 @dataclass(order=True)
@@ -127,10 +126,10 @@ class FakeWire:
 class FakeTransport:
     """One node's heartbeat links over a `FakeWire` (`hapair.runtime.ports.HeartbeatLinks`)."""
 
-    def __init__(self, wire: FakeWire, node: str, peers: Sequence[Address]) -> None:
+    def __init__(self, wire: FakeWire, node: str, peers: Sequence[IpAddress]) -> None:
         self.wire = wire
         self.node = node
-        self.peers: tuple[Address, ...] = tuple(peers)
+        self.peers: tuple[IpAddress, ...] = tuple(peers)
         self.tokens: tuple[bytes, ...] | None = None
         self.dropped: dict[str, int] = {}
         self.sent = 0
@@ -160,7 +159,7 @@ class FakeTransport:
         token = data[FILTER_TOKEN_OFFSET : FILTER_TOKEN_OFFSET + FILTER_TOKEN_SIZE]
         return token in self.tokens
 
-    def set_peers(self, peers: Iterable[Address]) -> None:
+    def set_peers(self, peers: Iterable[IpAddress]) -> None:
         self.peers = tuple(peers)
 
     def set_tokens(self, tokens: Sequence[bytes] | None) -> None:

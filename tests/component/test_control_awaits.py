@@ -6,7 +6,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from hapair.runtime.control import ControlServer, request
+from hapair.ops.control_client import request
+from hapair.runtime.control import ControlServer
 
 
 def test_an_async_handler_is_awaited_while_the_loop_keeps_ticking(tmp_path: Path) -> None:

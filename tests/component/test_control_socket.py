@@ -23,7 +23,8 @@ import pytest
 
 from hapair.config.load import validate_config
 from hapair.errors import ConfigError
-from hapair.runtime.control import MAX_CLIENTS, MAX_DEPTH, MAX_REQUEST, ControlServer, request
+from hapair.ops.control_client import request
+from hapair.runtime.control import MAX_CLIENTS, MAX_DEPTH, MAX_REQUEST, ControlServer
 
 GROUP = "nogroup"
 NOBODY = 65534

@@ -6,7 +6,7 @@ import asyncio
 import sys
 
 from hapair.net.tracking import run_probe
-from hapair.ops.spawn import spawn
+from hapair.spawn import spawn
 
 
 def test_track_probes_report_the_exit_status_and_a_timeout_kills() -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from hapair.lab.addresses import VIP4
 from hapair.lab.nodes import checked_pool
-from hapair.lab.topology import VIP4, Lab
+from hapair.lab.topology import Lab
 
 __all__ = ["checked_pool", "fetch", "redirects"]
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from hapair.lab.topology import LAN4, VIP4, Lab
+from hapair.lab.addresses import LAN4, VIP4
+from hapair.lab.topology import Lab
 
 pytestmark = [
     pytest.mark.netns,

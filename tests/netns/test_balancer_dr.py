@@ -19,7 +19,8 @@ import pytest
 
 from hapair.balancer.dr import DrRule, render_ruleset
 from hapair.lab import shell
-from hapair.lab.topology import LAN4, LAN6, VIP4, VIP6, Lab, mac
+from hapair.lab.addresses import LAN4, LAN6, VIP4, VIP6, mac
+from hapair.lab.topology import Lab
 from tests.netns import lab_http
 
 pytestmark = [

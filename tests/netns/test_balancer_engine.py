@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
+from hapair.lab.addresses import LAN4, VIP4
 from hapair.lab.shell import wait_until
-from hapair.lab.topology import LAN4, VIP4, Lab
+from hapair.lab.topology import Lab
 from tests.netns.lab_http import fetch, redirects
 
 pytestmark = [

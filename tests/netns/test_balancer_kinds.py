@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from hapair.lab.addresses import LAN4, VIP4
 from hapair.lab.nodes import Timers
 from hapair.lab.shell import wait_until
-from hapair.lab.topology import LAN4, VIP4, Lab
+from hapair.lab.topology import Lab
 from tests.netns.lab_http import checked_pool, fetch, redirects
 
 pytestmark = [

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from hapair.lab.topology import LAN4, VIP4, Lab
+from hapair.lab.addresses import LAN4, VIP4
+from hapair.lab.topology import Lab
 from tests.netns.lab_http import fetch
 
 pytestmark = [

@@ -20,9 +20,10 @@ import pytest
 
 from hapair.core.advert import Advert
 from hapair.core.roles import Role
+from hapair.lab.addresses import HB4, LAN4, VIP4, VIP6
 from hapair.lab.nodes import Timers
 from hapair.lab.shell import wait_until
-from hapair.lab.topology import HB4, LAN4, VIP4, VIP6, Lab
+from hapair.lab.topology import Lab
 from hapair.wire.heartbeat import Heartbeat, cluster_id, encode, vip_digest
 
 pytestmark = [

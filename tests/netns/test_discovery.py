@@ -22,7 +22,8 @@ import pytest
 
 import hapair
 from hapair.lab import shell
-from hapair.lab.topology import LAN4, LAN6, Lab, Proc, lab_namespaces
+from hapair.lab.addresses import LAN4, LAN6
+from hapair.lab.topology import Lab, Proc, lab_namespaces
 from hapair.ops.discovery import NodeRecord, PeerFinder
 from hapair.ops.mdns import Announcer, PeerWatch, interface_addresses, open_zeroconf
 

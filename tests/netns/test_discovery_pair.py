@@ -9,9 +9,10 @@ import re
 
 import pytest
 
+from hapair.lab.addresses import LAN4
 from hapair.lab.nodes import Timers
 from hapair.lab.shell import wait_until
-from hapair.lab.topology import LAN4, Lab
+from hapair.lab.topology import Lab
 
 pytestmark = [
     pytest.mark.netns,

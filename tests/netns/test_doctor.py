@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from hapair.config.keygen import generate_key
+from hapair.lab.addresses import HB4, LAN4
 from hapair.lab.nodes import Timers
-from hapair.lab.topology import HB4, LAN4, Lab
+from hapair.lab.topology import Lab
 
 pytestmark = [
     pytest.mark.netns,

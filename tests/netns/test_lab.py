@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from hapair.lab import shell
-from hapair.lab.topology import HOSTS, LAN4, NODES, SWITCH, VIP4, VIP6, Lab, lab_namespaces
+from hapair.lab.addresses import HOSTS, LAN4, NODES, SWITCH, VIP4, VIP6
+from hapair.lab.topology import Lab, lab_namespaces
 
 pytestmark = [
     pytest.mark.netns,

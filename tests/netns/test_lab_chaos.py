@@ -13,12 +13,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from hapair.lab.addresses import NODES
 from hapair.lab.chaos import make_schedule
 from hapair.lab.chaoscheck import INVARIANTS, Bounds
 from hapair.lab.chaosreport import format_report, to_json
 from hapair.lab.chaosrun import ChaosResult, ChaosRunner
 from hapair.lab.nodes import Timers
-from hapair.lab.topology import NODES, Lab, lab_namespaces
+from hapair.lab.topology import Lab, lab_namespaces
 
 pytestmark = [
     pytest.mark.netns,

@@ -8,10 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from hapair.lab.addresses import NODES
 from hapair.lab.drill import DrillOptions, run_drill
 from hapair.lab.nodes import Timers
 from hapair.lab.testbed import NetnsBed
-from hapair.lab.topology import NODES, Lab
+from hapair.lab.topology import Lab
 from tests.drill_contract import assert_partition_healed, assert_survived
 
 pytestmark = [

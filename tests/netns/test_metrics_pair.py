@@ -7,9 +7,10 @@ import os
 
 import pytest
 
+from hapair.lab.addresses import LAN4
 from hapair.lab.nodes import Timers
 from hapair.lab.shell import wait_until
-from hapair.lab.topology import LAN4, Lab
+from hapair.lab.topology import Lab
 
 pytestmark = [
     pytest.mark.netns,

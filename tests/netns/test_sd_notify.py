@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from hapair.lab.addresses import VIP4
 from hapair.lab.nodes import Timers
-from hapair.lab.topology import VIP4, Lab
+from hapair.lab.topology import Lab
 
 pytestmark = [
     pytest.mark.netns,

@@ -21,7 +21,7 @@ from hapair.lab.events import first
 from hapair.lab.nodes import Timers
 from hapair.lab.shell import wait_until
 from hapair.lab.topology import Lab
-from hapair.runtime.control import request
+from hapair.ops.control_client import request
 
 pytestmark = [
     pytest.mark.netns,

@@ -23,9 +23,10 @@ from hapair.balancer.dr import (
     render_rule,
     render_ruleset,
 )
-from hapair.balancer.plane import IpAddress, Member, Pool
+from hapair.balancer.plane import Member, Pool
 from hapair.config.balancer import Balancer
 from hapair.errors import BalancerError
+from hapair.iptypes import IpAddress
 from hapair.realserver import (
     ARP_SYSCTLS,
     RealserverError,

@@ -17,6 +17,7 @@ from hapair.config import Config, ConfigError, load_config, read_secret
 from hapair.config.duration import format_duration, parse_duration
 from hapair.config.explain import config_warnings, explain_timers
 from hapair.config.keygen import generate_key
+from hapair.core.election import ElectionSettings
 
 MINIMAL = """
 [node]
@@ -472,6 +473,9 @@ def test_dead_time_for(tmp_path: Path) -> None:
     assert cfg.dead_time_for(128) == pytest.approx(1.1)
     assert cfg.dead_time_for(254) == pytest.approx(1.0 + 2 / 256 * 0.2)
     assert cfg.dead_time_for(1) == pytest.approx(1.0 + 255 / 256 * 0.2)
+    # the election computes the same from the same settings (one formula)
+    election = ElectionSettings("a", 128, cfg.cluster.interval, cfg.cluster.dead_after)
+    assert election.dead_time(cfg.cluster.interval, 128) == cfg.dead_time_for(128)
     assert cfg.dead_time == cfg.dead_time_for(150)
     assert cfg.dead_time_for(200) < cfg.dead_time_for(100)
     with pytest.raises(ValueError):

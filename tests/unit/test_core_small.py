@@ -1,4 +1,4 @@
-"""Small pure pieces: announcement schedule, hysteresis, fitness, invariants."""
+"""Small pure pieces: announcement schedule, the dead time, fitness, invariants."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hapair.core.announce import AnnounceSchedule, AnnounceTimers
-from hapair.core.hysteresis import Hysteresis
 from hapair.core.invariants import NodeView, check_invariants
 from hapair.core.priority import compute_fitness
 from hapair.core.roles import Role
+from hapair.core.timing import dead_interval, dead_time, skew
 
 # -- announcements ---------------------------------------------------------------------------
 
@@ -51,37 +51,23 @@ def test_restarting_a_burst_replaces_the_pending_one() -> None:
     assert len(drain(s, 1.0)) == 5
 
 
-# -- hysteresis ------------------------------------------------------------------------------
+# -- the dead time ----------------------------------------------------------------------------
 
 
-def test_hysteresis_needs_fall_failures_and_rise_successes() -> None:
-    h = Hysteresis(rise=2, fall=3)
-    assert [h.record(False) for _ in range(3)] == [False, False, True] and not h.up
-    assert [h.record(True), h.record(False), h.record(True), h.record(True)] == [
-        False, False, False, True,
-    ]  # fmt: skip
-    assert h.up
+def test_dead_time_is_dead_after_intervals_plus_the_priority_skew() -> None:
+    assert dead_interval(0.2, 5) == pytest.approx(1.0)
+    assert skew(0.2, 128) == pytest.approx(0.1)
+    assert skew(0.2, 255) == pytest.approx(0.2 / 256) and skew(0.2, 0) == pytest.approx(0.2)
+    assert dead_time(0.2, 5, 128) == pytest.approx(1.1)
 
 
-def test_hysteresis_rejects_zero() -> None:
-    with pytest.raises(ValueError):
-        Hysteresis(rise=0, fall=1)
-
-
-@given(st.lists(st.booleans(), max_size=60), st.integers(1, 5), st.integers(1, 5))
-def test_hysteresis_flips_only_after_a_full_streak(
-    results: list[bool], rise: int, fall: int
+@given(st.floats(0.01, 10.0), st.integers(3, 100), st.integers(1, 254))
+def test_a_higher_priority_declares_the_peer_dead_first(
+    interval: float, dead_after: int, priority: int
 ) -> None:
-    h = Hysteresis(rise, fall)
-    streak_state, streak = True, 0
-    for ok in results:
-        streak = streak + 1 if ok == streak_state else 1
-        streak_state = ok
-        before = h.up
-        changed = h.record(ok)
-        if changed:
-            assert h.up == ok != before
-            assert streak >= (rise if ok else fall)
+    assert dead_interval(interval, dead_after) < dead_time(interval, dead_after, priority + 1)
+    assert dead_time(interval, dead_after, priority + 1) < dead_time(interval, dead_after, priority)
+    assert dead_time(interval, dead_after, priority) < dead_interval(interval, dead_after + 1)
 
 
 # -- fitness ---------------------------------------------------------------------------------

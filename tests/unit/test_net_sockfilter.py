@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hapair.iptypes import IpAddress
 from hapair.net.sockfilter import (
     ACCEPT_ALL,
     BPF_ABS,
@@ -33,7 +34,6 @@ from hapair.net.sockfilter import (
     heartbeat_program,
 )
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 RET0 = Stmt(BPF_RET | BPF_K, 0)
 PEER4 = ipaddress.ip_address("10.77.1.2")
 PEER6 = ipaddress.ip_address("fd77:1::2")
@@ -68,7 +68,7 @@ def run(prog: list[Insn], ip_header: bytes, udp: bytes) -> int:
     raise AssertionError("program did not return")
 
 
-def ip_header(src: IPAddress) -> bytes:
+def ip_header(src: IpAddress) -> bytes:
     if src.version == 4:
         return bytes(12) + src.packed + bytes(4)
     return bytes(8) + src.packed + bytes(16)
@@ -214,9 +214,9 @@ addresses6 = st.builds(ipaddress.IPv6Address, st.integers(0, 2**128 - 1))
     genuine_src=st.booleans(),
 )
 def test_program_admits_exactly_the_specified_datagrams(
-    sources: list[IPAddress],
+    sources: list[IpAddress],
     pick: int,
-    other: IPAddress,
+    other: IpAddress,
     sport: int,
     size: int,
     tokens: list[bytes] | None,

@@ -44,5 +44,5 @@ def test_checks_start_healthy_with_stable_names() -> None:
     checks = build_checks(cfg.track, now=5.0)
     assert [c.name for c in checks] == ["interface:eth1", "command[1]"]
     assert [describe(i, t) for i, t in enumerate(cfg.track)] == ["interface:eth1", "command[1]"]
-    assert all(not c.failing and c.next_due == 5.0 for c in checks)
+    assert all(not c.failing and c.state.next_due == 5.0 for c in checks)
     assert checks[0].argv == () and checks[1].argv == ("/bin/true",)
