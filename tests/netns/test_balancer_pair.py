@@ -116,7 +116,9 @@ def test_exit_and_release_remove_the_table(lab: Lab) -> None:
 def test_cold_mode_loads_the_rules_on_the_master_only() -> None:
     lab = make(scheduler="rr", mode="cold")
     try:
-        assert "hapair" in nft_table(lab, "a") and nft_table(lab, "b") == ""
+        # The VIP comes first; the cold balancer starts off the loop just after it.
+        assert wait_until(lambda: "hapair" in nft_table(lab, "a"), timeout=5)
+        assert nft_table(lab, "b") == ""
         assert sorted(set(fetch(lab, 4))) == ["r1", "r2"]
         lab.hapair.terminate("a")  # graceful: b takes over and starts its balancer first
         assert wait_until(lambda: lab.has_vip("b") and "hapair" in nft_table(lab, "b"), timeout=5)
