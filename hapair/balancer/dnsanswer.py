@@ -22,7 +22,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import dns.exception
 import dns.flags
@@ -35,9 +35,7 @@ import dns.rdatatype
 import dns.rrset
 
 from hapair.iptypes import IpAddress
-
-Scheduler = Literal["rr", "random", "weighted", "source-hash"]
-SCHEDULERS: Final[tuple[Scheduler, ...]] = ("rr", "random", "weighted", "source-hash")
+from hapair.schedulers import SCHEDULERS, Scheduler
 
 #: What a response over UDP may grow to when the client advertises more (RFC 9715's advice:
 #: larger ones fragment, and fragments get lost or spoofed); plain DNS gets 512 (RFC 1035).

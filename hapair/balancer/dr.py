@@ -46,10 +46,11 @@ from typing import Any, Final, Literal, Protocol
 
 from hapair.balancer.buckets import BUCKETS, assign
 from hapair.balancer.nft import HASH_SEED, nft_binary, nft_delete_table, nft_load
-from hapair.balancer.plane import Member, Pool, Scheduler
+from hapair.balancer.plane import Member, Pool
 from hapair.config.balancer import Balancer
 from hapair.errors import BalancerError
 from hapair.iptypes import IpAddress
+from hapair.schedulers import Scheduler
 
 TABLE: Final = "hapair_dr"
 FAMILY: Final = "netdev"

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from hapair.balancer.nft import HASH_SEED, nft_binary, nft_delete_table, nft_load
-from hapair.balancer.plane import Pool, Scheduler
+from hapair.balancer.plane import Pool
 from hapair.config.balancer import Balancer
 from hapair.errors import BalancerError
 from hapair.iptypes import IpAddress
+from hapair.schedulers import Scheduler
 
 TABLE: Final = "hapair"
 

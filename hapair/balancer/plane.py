@@ -10,14 +10,13 @@ tests drive all five kinds the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hapair.iptypes import IpAddress
+from hapair.schedulers import Scheduler
 
 if TYPE_CHECKING:
     from hapair.config.balancer import Balancer
-
-Scheduler = Literal["rr", "random", "weighted", "source-hash"]
 
 
 def uses_weights(scheduler: Scheduler) -> bool:

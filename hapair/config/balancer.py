@@ -26,6 +26,7 @@ from hapair.config.fields import (
 )
 from hapair.config.shown import toml_repr
 from hapair.iptypes import IpAddress
+from hapair.schedulers import Scheduler
 
 Kind = Literal["nat", "dr", "proxy", "redirect", "dns"]
 KINDS: Final[tuple[Kind, ...]] = ("nat", "dr", "proxy", "redirect", "dns")
@@ -128,7 +129,7 @@ class Balancer(Model):
     """The local load balancer run by the pair."""
 
     kind: Annotated[Kind, PlainValidator(_balancer_kind)]
-    scheduler: Literal["rr", "random", "weighted", "source-hash"] = "rr"
+    scheduler: Scheduler = "rr"
     mode: Literal["hot", "cold"] = "hot"
     listen: Endpoint
     protocol: Literal["tcp", "udp"] = "tcp"

@@ -19,8 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hapair.balancer.dnsanswer import MAX_PLANS, Answerer, Scheduler, Zone, zone_from_json
+from hapair.balancer.dnsanswer import MAX_PLANS, Answerer, Zone, zone_from_json
 from hapair.balancer.dnsserver import parse_config
+from hapair.schedulers import Scheduler
 
 NAMES = ("www.example.com", "api.example.com")
 V4 = (("10.0.0.21", 1), ("10.0.0.22", 1), ("10.0.0.23", 1))

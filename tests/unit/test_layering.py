@@ -19,13 +19,15 @@ ROOT: Final = Path(__file__).resolve().parents[2]
 
 #: The layers, lowest first; a module belongs to the longest prefix that names it.
 LAYERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
-    # leaves: the root error, IP types, probing (pure); the clock protocol, the process spawner
+    # leaves: the root error, IP types, scheduler names, probing (pure); the clock protocol,
+    # the process spawner
     (
         "leaf",
         (
             "hapair",
             "hapair.errors",
             "hapair.iptypes",
+            "hapair.schedulers",
             "hapair.probing",
             "hapair.clock",
             "hapair.spawn",
@@ -58,7 +60,14 @@ LAYERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
 APART: Final = (("hapair.balancer", "hapair.core"),)
 
 #: Modules that must stay pure: time passed in, no I/O, no dependency.
-PURE: Final = ("hapair.core", "hapair.wire", "hapair.probing", "hapair.errors", "hapair.iptypes")
+PURE: Final = (
+    "hapair.core",
+    "hapair.wire",
+    "hapair.probing",
+    "hapair.errors",
+    "hapair.iptypes",
+    "hapair.schedulers",
+)
 
 #: Standard-library modules that do I/O, read the clock or start threads or processes.
 IO_STDLIB: Final = frozenset(
