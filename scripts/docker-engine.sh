@@ -9,7 +9,15 @@ fi
 command -v dockerd >/dev/null || { echo "docker-engine: dockerd is not installed" >&2; exit 1; }
 echo "docker-engine: starting dockerd (log: $log)"
 # setsid: the engine outlives this script and the test run's process group.
-setsid dockerd >"$log" 2>&1 </dev/null &
+# dockerd outlives this script: it must not inherit the caller's other descriptors (a lock
+# held with `flock LOCK ./scripts/test.sh` would otherwise stay held until dockerd exits).
+(
+    for fd in /proc/self/fd/*; do
+        fd=${fd##*/}
+        [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-"
+    done
+    exec setsid dockerd >"$log" 2>&1 </dev/null
+) &
 for _ in $(seq 1 60); do
   if docker info >/dev/null 2>&1; then
     echo "docker-engine: ready ($(docker version --format '{{.Server.Version}}'))"
