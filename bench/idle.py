@@ -134,13 +134,7 @@ def run_impl(
             if pair.role(master) != "MASTER":
                 print(f"  {impl} run {i + 1}: role changed while sampling", file=sys.stderr)
             results.append({"master": asdict(m), "backup": asdict(b)})
-            print(
-                f"  {impl:10} run {i + 1}: MASTER {master} CPU {m.cpu_percent:5.2f}% "
-                f"RSS {m.rss_mb:5.1f} MiB PSS {m.pss_mb:5.1f} MiB | BACKUP CPU "
-                f"{b.cpu_percent:5.2f}% RSS {b.rss_mb:5.1f} MiB",
-                file=sys.stderr,
-                flush=True,
-            )
+            _progress(f"{impl} run {i + 1}", f"MASTER {master}", m, "BACKUP", b)
             for node in NODES:
                 pair.terminate(node)
             lab.remove_vips("a")
@@ -175,14 +169,18 @@ def run_floor(
                     raise LabError(f"{impl} in {node} died: see {lab.dir}")
                 lab.stop(f"{impl}-{node}")
             results.append({"master": asdict(m), "backup": asdict(b)})
-            print(
-                f"  {impl:10} run {i + 1}: node a CPU {m.cpu_percent:5.2f}% "
-                f"RSS {m.rss_mb:5.1f} MiB PSS {m.pss_mb:5.1f} MiB | node b CPU "
-                f"{b.cpu_percent:5.2f}% RSS {b.rss_mb:5.1f} MiB",
-                file=sys.stderr,
-                flush=True,
-            )
+            _progress(f"{impl} run {i + 1}", "node a", m, "node b", b)
     return results
+
+
+def _progress(what: str, first: str, m: Sample, second: str, b: Sample) -> None:
+    """One run's line on stderr, as it finishes."""
+    print(
+        f"  {what}: {first} CPU {m.cpu_percent:5.2f}% RSS {m.rss_mb:5.1f} MiB "
+        f"PSS {m.pss_mb:5.1f} MiB | {second} CPU {b.cpu_percent:5.2f}% RSS {b.rss_mb:5.1f} MiB",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _stat(results: list[dict[str, object]], role: str, key: str) -> tuple[float, float, float]:
