@@ -255,9 +255,14 @@ class Node:
         await self.hooks.close(wait=0.5)
 
     def begin(self, now: float) -> None:
-        """Before the first wake-up: the fitness as the interfaces are now; a step due now."""
+        """Before the first wake-up: the fitness as the interfaces are now; a step due now.
+
+        The CPU wait counts from here (`cpu` is set first by the loop driver), so the start-up's
+        own waits are not charged to the first wake-up.
+        """
         self._initial_fitness(now)
         self._woke = self._deadline = now
+        self._waited = self.cpu.now() if self.cpu is not None else 0.0
 
     def wake_at(self, now: float, *, full: bool) -> bool:
         """One wake-up at `now`, from the loop or the simulation: measure its lateness when it

@@ -264,3 +264,27 @@ def test_the_asyncio_loop_refuses_a_clock_that_is_not_its_own(sim: DriverSim) ->
     node = sim.start("a")
     with pytest.raises(TypeError, match="MonotonicClock"):
         LoopDriver(node)
+
+
+class FakeCpuWait:
+    """The loop thread's CPU wait, as schedstat would say it: 5 s already at start-up."""
+
+    def __init__(self) -> None:
+        self.total = 5.0
+
+    def now(self) -> float:
+        return self.total
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_cpu_wait_of_the_start_up_is_not_charged_to_the_first_wake(sim: DriverSim) -> None:
+    """A first wake 50 ms late with no CPU wait since `begin` was blocked for 50 ms, whatever
+    the thread waited for a CPU before (a busy start-up)."""
+    node = sim.start("a")
+    node.cpu = FakeCpuWait()  # type: ignore[assignment]
+    node.begin(sim.now)
+    sim.clock.advance_to(node.deadline + 0.05)
+    node.wake_at(sim.now, full=True)
+    assert node.lateness.worst_blocked == pytest.approx(0.05)
