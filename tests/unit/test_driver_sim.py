@@ -288,3 +288,33 @@ def test_the_cpu_wait_of_the_start_up_is_not_charged_to_the_first_wake(sim: Driv
     sim.clock.advance_to(node.deadline + 0.05)
     node.wake_at(sim.now, full=True)
     assert node.lateness.worst_blocked == pytest.approx(0.05)
+
+
+def test_a_flood_of_forged_heartbeats_from_the_peers_address_changes_nothing(
+    sim: DriverSim,
+) -> None:
+    """An attacker forging the peer's LAN address floods both nodes with datagrams of the
+    right size, magic, version and cluster and a wrong MAC: 250 per interval with a guessed
+    filter token (the filter drops them) and 250 with the token sniffed from a genuine packet
+    (they reach the HMAC and are refused). Nothing changes role; a MASTER that finds more than
+    a handful in one drain reads on arrival again, and at its tick once the flood is over."""
+    started(sim)
+    a, b = sim.host("a"), sim.host("b")
+    assert a.transport is not None and b.transport is not None
+    changes = len(sim.roles)
+    wakes = a.wakes
+    for _ in range(50):
+        for host, source in ((a, "10.99.0.2"), (b, "10.99.0.1")):
+            assert host.transport is not None
+            genuine = host.transport.received[-1][0]  # what a sniffer saw last
+            sniffed = genuine[:-32] + bytes(32)
+            blind = sniffed[:20] + b"\x5a" * 4 + sniffed[24:]
+            sim.replay(host.name, [(blind, source, "lan")] * 250 + [(sniffed, source, "lan")] * 250)
+        sim.run_for(INTERVAL)
+    assert a.wakes - wakes > 50  # a burst of > 8 datagrams: read on arrival, not at the tick
+    assert len(sim.roles) == changes
+    assert sim.masters() == ["a"]
+    assert sum(a.transport.drops().values()) >= 50 * 250  # the filter's work
+    assert sim.node("a").heartbeats.rejected()["bad_mac"] >= 50 * 250  # the HMAC's
+    sim.run_for(0.2)
+    assert not sim.node("a").reads_on_arrival()  # the flood is over: lazy again
