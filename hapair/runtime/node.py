@@ -341,17 +341,15 @@ class Node:
         deadlines += [c.state.next_due for c in self.checks if c.argv and not c.state.in_flight]
         return min(deadlines)
 
-    def step(self, now: float | None = None, *, heartbeats_only: bool = False) -> bool:
+    def step(self, now: float, *, heartbeats_only: bool = False) -> bool:
         """One pass: inputs first (heartbeats, netlink, ARP, queued events), then timers.
 
-        ``now`` is read once per step (by the caller); the step's parts all use it.
+        ``now`` is read once per step (by `wake_at`'s caller); the step's parts all use it.
         ``heartbeats_only``: only the heartbeat sockets woke the loop, before any deadline.
         Then, when they brought no news for the election (only the other link's copy of a
         heartbeat already heard, or refused datagrams), nothing else can be due and the
         step ends after reading: returns False. Otherwise True (a full step ran).
         """
-        if now is None:
-            now = self.clock.now()
         news = self._read_heartbeats(now)
         if heartbeats_only and not news and now < self._deadline:
             return False

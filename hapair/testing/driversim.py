@@ -12,6 +12,7 @@ are checked after every wake, so a failing scenario stops at the exact step.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -240,12 +241,30 @@ class DriverSim:
 
     def run_until(self, end: float) -> None:
         """Run every wake-up due up to ``end``."""
+        self._run(end)
+        self.clock.advance_to(max(end, self.now))
+
+    def run_until_true(self, predicate: Callable[[], bool], limit: float) -> float:
+        """Run until ``predicate()`` holds (checked after every wake); the time it took.
+
+        Raises AssertionError if it does not hold within ``limit`` seconds.
+        """
+        start = self.now
+        if self._run(start + limit, predicate):
+            return self.now - start
+        raise AssertionError(f"not within {limit:.3f}s (t={self.now:.4f})")
+
+    def _run(self, end: float, stop: Callable[[], bool] | None = None) -> bool:
+        """Run the wake-ups due up to ``end`` in time order; return early, True, once
+        ``stop()`` holds (checked before every wake and at the end)."""
         same_instant = 0
         last = self.now
         for _ in range(MAX_WAKES):
+            if stop is not None and stop():
+                return True
             due = self._next_wake()
             if due is None or due[0] > end:
-                break
+                return stop is not None and stop()
             at, name, full = due
             self.clock.advance_to(max(at, self.now))
             same_instant = same_instant + 1 if self.now == last else 0
@@ -253,28 +272,7 @@ class DriverSim:
             if same_instant > MAX_WAKES_AT_ONE_INSTANT:
                 raise RuntimeError(f"t={self.now:.4f}: {name} wakes without time passing")
             self._wake(self.hosts[name], full=full)
-        else:
-            raise RuntimeError("simulation did not settle: too many wake-ups")
-        self.clock.advance_to(max(end, self.now))
-
-    def run_until_true(self, predicate: Any, limit: float) -> float:
-        """Run until ``predicate()`` holds (checked after every wake); the time it took.
-
-        Raises AssertionError if it does not hold within ``limit`` seconds.
-        """
-        start = self.now
-        for _ in range(MAX_WAKES):
-            if predicate():
-                return self.now - start
-            due = self._next_wake()
-            if due is None or due[0] > start + limit:
-                break
-            at, name, full = due
-            self.clock.advance_to(max(at, self.now))
-            self._wake(self.hosts[name], full=full)
-        if predicate():
-            return self.now - start
-        raise AssertionError(f"not within {limit:.3f}s (t={self.now:.4f})")
+        raise RuntimeError("simulation did not settle: too many wake-ups")
 
     def _next_wake(self) -> tuple[float, str, bool] | None:
         """The earliest wake-up: (time, host, full step?)."""
