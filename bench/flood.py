@@ -69,6 +69,10 @@ class Result:
     backup_cpu: float = 0.0  # % of one core, the BACKUP's daemon during the flood
     drops: dict[str, int] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)
+    #: Worst loop lateness of either daemon since its start, and the part not spent waiting
+    #: for a CPU (`status.loop`); None where the daemon does not say (keepalived).
+    late_ms: float | None = None
+    blocked_ms: float | None = None
     error: str | None = None
 
 
@@ -113,10 +117,21 @@ def flood_once(
     )
     status = getattr(pair, "status", None)
     if status is not None:
-        st = status("b")
-        if isinstance(st, dict):
-            res.drops = dict(st.get("heartbeat_drops") or {})
-            res.rejected = dict(st.get("rejected") or {})
+        for node in NODES:
+            st = status(node)
+            if not isinstance(st, dict):
+                continue
+            if node == "b":
+                res.drops = dict(st.get("heartbeat_drops") or {})
+                res.rejected = dict(st.get("rejected") or {})
+            loop = st.get("loop") or {}
+            for attr, key in (
+                ("late_ms", "worst_lateness_since_start"),
+                ("blocked_ms", "worst_blocked_since_start"),
+            ):
+                if key in loop:
+                    worst = max(getattr(res, attr) or 0.0, 1000 * float(loop[key]))
+                    setattr(res, attr, worst)
     return res
 
 
@@ -152,9 +167,12 @@ def _row(r: Result) -> str:
     if r.error:
         return f"{r.case:13} {r.impl:10} {asked:>9}  error: {r.error}"
     drops = sum(r.drops.values())
+    late = "-" if r.late_ms is None else f"{r.late_ms:.1f}"
+    blocked = "-" if r.blocked_ms is None else f"{r.blocked_ms:.1f}"
     return (
         f"{r.case:13} {r.impl:10} {asked:>9} {r.rate:>10,.0f} {r.seconds:>6.1f} "
-        f"{r.role_changes:>6} {r.dual_vip_ms:>9.0f} {r.backup_cpu:>7.1f} {drops:>12,}"
+        f"{r.role_changes:>6} {r.dual_vip_ms:>9.0f} {r.backup_cpu:>7.1f} {drops:>12,} "
+        f"{late:>8} {blocked:>10}"
     )
 
 
@@ -202,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         f"{'case':13} {'impl':10} {'asked/s':>9} {'sent/s':>10} {'secs':>6} {'roles':>6} "
-        f"{'dual ms':>9} {'b CPU%':>7} {'b drops':>12}"
+        f"{'dual ms':>9} {'b CPU%':>7} {'b drops':>12} {'late ms':>8} {'blocked ms':>10}"
     )
     for r in results:
         print(_row(r))
